@@ -320,9 +320,13 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
         if not allow_pickle:
             kwargs["use_safetensors"] = True
         want_info = kwargs.pop("output_loading_info", False)
+        # transformers' own mismatch error does not name the tensor: collect mismatches and raise our own.
+        allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
         model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
+            pretrained_model_name_or_path, *model_args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
         )
+        if allow_mismatch:
+            info = {**info, "mismatched_keys": []}
         raise_on_loading_problems(pretrained_model_name_or_path, info, strict)
         # Saving always writes the Hub LLaDA names, whatever dialect the weights came in.
         model._weight_conversions = None

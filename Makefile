@@ -1,0 +1,31 @@
+# Two commands for a fresh machine (see README):
+#   make demo   set up .venv and run the main job on the embedded default model
+#   make test   set up .venv and run the whole test suite
+# Both create the virtual environment from nothing when it is missing, and reinstall when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PROMPT ?= What is 12 + 35?
+
+.PHONY: setup demo generate test clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[all]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+# The main job: sample from the embedded default model (falls back to the reference fixture checkpoint,
+# which has no tokenizer, when the embedded model is not there).
+demo: $(STAMP)
+	$(BIN)/python -m llada.quickstart --prompt "$(PROMPT)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache
