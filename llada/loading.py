@@ -105,3 +105,10 @@ def raise_on_loading_problems(name: str | os.PathLike, info: dict[str, Any], str
         problems.append("misshapen tensor(s): " + "; ".join(shown))
     if problems:
         raise CheckpointError(f"{name}: cannot load this checkpoint: " + " | ".join(problems))
+
+
+def explain_resolution_error(name: str | os.PathLike, err: OSError) -> CheckpointError:
+    """An OSError from resolving a Hub id or path, restated with the name and the offline setting."""
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+    where = "offline mode (HF_HUB_OFFLINE=1): only the local Hub cache is searched" if offline else "online"
+    return CheckpointError(f"{name}: could not be resolved as a local folder or a Hub id ({where}): {err}")

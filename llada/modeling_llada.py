@@ -33,7 +33,13 @@ from transformers import PreTrainedModel
 from transformers.modeling_outputs import ModelOutput
 
 from .configuration_llada import LLaDAConfig
-from .loading import LLAMA_KEY_MAPPING, check_local_checkpoint, raise_on_loading_problems
+from .loading import (
+    LLAMA_KEY_MAPPING,
+    CheckpointError,
+    check_local_checkpoint,
+    explain_resolution_error,
+    raise_on_loading_problems,
+)
 
 #: Per-layer (key, value) tensors of shape (batch, n_kv_heads, positions, head_dim), RoPE already applied.
 KVCache = Sequence[tuple[torch.Tensor, torch.Tensor]]
@@ -322,9 +328,15 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
         want_info = kwargs.pop("output_loading_info", False)
         # transformers' own mismatch error does not name the tensor: collect mismatches and raise our own.
         allow_mismatch = kwargs.pop("ignore_mismatched_sizes", False)
-        model, info = super().from_pretrained(
-            pretrained_model_name_or_path, *model_args, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
-        )
+        try:
+            model, info = super().from_pretrained(
+                pretrained_model_name_or_path, *model_args, output_loading_info=True, ignore_mismatched_sizes=True,
+                **kwargs,
+            )
+        except CheckpointError:
+            raise
+        except OSError as err:
+            raise explain_resolution_error(pretrained_model_name_or_path, err) from err
         if allow_mismatch:
             info = {**info, "mismatched_keys": []}
         raise_on_loading_problems(pretrained_model_name_or_path, info, strict)

@@ -113,21 +113,26 @@ def chat_template_of(tokenizer: Any) -> str:
     return getattr(tokenizer, "chat_template", None) or LLADA_CHAT_TEMPLATE
 
 
-def apply_chat_template(
-    tokenizer: Any, messages: Sequence[dict], *, add_generation_prompt: bool = True
-) -> list[int]:
-    """Token ids of `messages` ([{"role", "content"}, ...]) in the Instruct chat format."""
+def render_chat(tokenizer: Any, messages: Sequence[dict], *, add_generation_prompt: bool = True) -> str:
+    """The chat-template text of `messages` ([{"role", "content"}, ...])."""
     if not messages:
         raise ValueError("apply_chat_template: empty message list")
     for i, m in enumerate(messages):
         if not isinstance(m, dict) or "role" not in m or "content" not in m:
             raise ValueError(f"apply_chat_template: message {i} must be a dict with 'role' and 'content', got {m!r}")
-    text = tokenizer.apply_chat_template(
+    return tokenizer.apply_chat_template(
         list(messages),
         chat_template=chat_template_of(tokenizer),
         add_generation_prompt=add_generation_prompt,
         tokenize=False,
     )
+
+
+def apply_chat_template(
+    tokenizer: Any, messages: Sequence[dict], *, add_generation_prompt: bool = True
+) -> list[int]:
+    """Token ids of `messages` ([{"role", "content"}, ...]) in the Instruct chat format."""
+    text = render_chat(tokenizer, messages, add_generation_prompt=add_generation_prompt)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
