@@ -170,6 +170,7 @@ def splice_image_features(
     labels: Optional[torch.Tensor] = None,
     padding_side: str = "left",
     max_length: Optional[int] = None,
+    limit_reason: str = "the model's context",
 ) -> SplicedBatch:
     """Replace each `image_token_index` of `input_ids` (B, L) by the rows of the next image.
 
@@ -227,7 +228,7 @@ def splice_image_features(
             n_img = sum(e - s for s, e in row_spans)
             raise ValueError(
                 f"row {b}: the prompt with its images is {offset} positions long ({n_img} of them image rows), "
-                f"more than the model's context of {max_length}; use a smaller image, fewer images or "
+                f"more than the {max_length} positions of {limit_reason}; use a smaller image, fewer images or "
                 f"another image_aspect_ratio (e.g. 'pad')"
             )
     width = max(e.shape[0] for e in rows_embeds)

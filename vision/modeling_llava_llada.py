@@ -156,6 +156,7 @@ class LlavaLLaDAModelLM(LLaDAModelLM):
         labels: Optional[torch.Tensor] = None,
         padding_side: str = "left",
         max_length: Optional[int] = None,
+        limit_reason: str = "the model's context",
     ) -> SplicedBatch:
         """Token ids with `-200` placeholders + images -> spliced embeddings (see `vision.merging`)."""
         if isinstance(images, torch.Tensor):
@@ -172,6 +173,7 @@ class LlavaLLaDAModelLM(LLaDAModelLM):
             labels=labels,
             padding_side=padding_side,
             max_length=self.config.context_length if max_length is None else max_length,
+            limit_reason=limit_reason,
         )
 
     # -------------------------------------------------------------- forward
