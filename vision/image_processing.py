@@ -112,6 +112,21 @@ def load_image(image: ImageInput, *, max_pixels: int = 64_000_000) -> "PIL.Image
         raise ImageError(f"{name}: corrupt or truncated image data ({err})") from err
 
 
+def image_size(image: ImageInput) -> tuple[int, int]:
+    """(width, height) of an image without decoding its pixels (header only for files)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(image, Image.Image):
+        return image.size
+    if isinstance(image, (str, os.PathLike)) and Path(image).is_file():
+        try:
+            with Image.open(image) as img:
+                return img.size
+        except (UnidentifiedImageError, OSError):
+            pass
+    return load_image(image).size  # raises the ImageError that names the problem
+
+
 # ------------------------------------------------------------------------------------ one crop
 def siglip_preprocess(image: "PIL.Image.Image", cfg: ImageProcessingConfig) -> torch.Tensor:  # noqa: F821
     """One crop: bicubic resize to (S, S), then x / 255, then (x - mean) / std; returns (3, S, S) float32."""
@@ -254,6 +269,7 @@ __all__ = [
     "ImageError",
     "ImageProcessingConfig",
     "load_image",
+    "image_size",
     "siglip_preprocess",
     "expand2square",
     "parse_grid_pinpoints",
