@@ -9,7 +9,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 PROMPT ?= What is 12 + 35?
 
-.PHONY: setup demo generate test clean
+.PHONY: setup demo generate test browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,7 +24,13 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m llada.quickstart --prompt "$(PROMPT)"
 
-test: $(STAMP)
+# Debian's Chromium for the browser test of the demo (Playwright drives it; no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q tests
 
 clean:
