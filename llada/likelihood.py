@@ -562,9 +562,15 @@ def _use_exact(exact: Union[bool, str], answer_length: int, mc_num: int) -> bool
     return bool(exact)
 
 
-def _child_generators(n: int, generator: Optional[torch.Generator]) -> list[torch.Generator]:
-    """One independent CPU generator per request, seeded from `generator` (or torch's global RNG)."""
-    seeds = torch.randint(0, 2**62, (n,), generator=generator, dtype=torch.long)
+def _child_generators(
+    n: int, generator: Optional[torch.Generator], seeds: Optional[Sequence[int]] = None
+) -> list[torch.Generator]:
+    """One independent CPU generator per request: from `seeds` if given, else seeded in order from
+    `generator` (or torch's global RNG)."""
+    if seeds is None:
+        seeds = torch.randint(0, 2**62, (n,), generator=generator, dtype=torch.long).tolist()
+    elif len(seeds) != n:
+        raise ValueError(f"seeds has {len(seeds)} entries for {n} requests")
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
 
 
@@ -583,13 +589,16 @@ def log_likelihood_batch(
     rows_per_forward: Optional[int] = None,
     mask_token_id: Optional[int] = None,
     config: Optional[LikelihoodConfig] = None,
+    seeds: Optional[Sequence[int]] = None,
 ) -> list[LikelihoodEstimate]:
     """ELBO estimates (Eq. 6) of many (prompt_ids, answer_ids) requests, rows packed into shared forwards.
 
     Each request gets its own random stream, seeded in order from `generator` (or torch's global RNG), so
     the result for request i equals `log_likelihood(model, *requests[i], generator=g)` called in sequence
-    with the same `g`, however the rows are packed. Rows of different lengths are right-padded with an
-    attention mask. See `log_likelihood` for the arguments; `config` (a LikelihoodConfig) replaces them.
+    with the same `g`, however the rows are packed. `seeds` (one int per request) seeds each request's
+    stream directly instead, so a request's result does not depend on which other requests share the call
+    (the lm-eval adapter derives them from the request text). Rows of different lengths are right-padded
+    with an attention mask. See `log_likelihood` for the arguments; `config` (a LikelihoodConfig) replaces them.
     """
     cfg = config or LikelihoodConfig(
         mc_num=mc_num, batch_size=batch_size, cfg_scale=cfg_scale, exact=exact,
@@ -607,7 +616,7 @@ def log_likelihood_batch(
         prompts.append(prompt)
         answers.append(answer)
 
-    gens = _child_generators(len(requests), generator)
+    gens = _child_generators(len(requests), generator, seeds)
     scorer = _Scorer(model, prompts, answers, cfg_scale=cfg.cfg_scale,
                      rows_per_forward=cfg.rows_per_forward or cfg.batch_size, mask_token_id=mask_token_id)
     b = cfg.batch_size
@@ -705,8 +714,74 @@ def log_likelihood(
     )[0]
 
 
+@torch.no_grad()
+def greedy_unmasking_matches(
+    model: torch.nn.Module,
+    requests: Sequence[tuple[IdsLike, IdsLike]],
+    *,
+    cfg_scale: float = 0.0,
+    rows_per_forward: int = 16,
+    mask_token_id: Optional[int] = None,
+) -> list[bool]:
+    """Whether greedy unmasking reproduces each answer (lm-eval's `is_greedy` for a diffusion LM).
+
+    x = prompt + [MASK] * L; for L steps: at every masked position the candidate c_i = argmax_v logits_i(v)
+    with confidence softmax(logits_i)[c_i]; the most confident masked position i* is committed. The answer is
+    greedy iff c_{i*} = a_{i*} at every step (the target is committed, so later steps see the true prefix).
+    This is exactly "the low-confidence sampler at temperature 0 with one token per step (steps = gen_length
+    = block_length = L) generates the answer". Costs L forwards per request (rows batched across requests).
+    """
+    if rows_per_forward < 1:
+        raise ValueError(f"rows_per_forward must be >= 1, got {rows_per_forward}")
+    max_len = _max_length(model)
+    prompts, answers = [], []
+    for i, (p, a) in enumerate(requests):
+        prompt, answer = _as_ids(p, "prompt_ids"), _as_ids(a, "answer_ids")
+        _check_request(prompt, answer, i if len(requests) > 1 else None, max_len)
+        prompts.append(prompt)
+        answers.append(answer)
+    scorer = _Scorer(model, prompts, answers, cfg_scale=cfg_scale, rows_per_forward=rows_per_forward,
+                     mask_token_id=mask_token_id)
+    mask_id, device = scorer.mask_id, scorer.device
+    # current state of each request: its answer region (mask id where not yet committed)
+    state = [torch.full_like(a, mask_id) for a in answers]
+    alive = [True] * len(requests)
+    for _ in range(max((a.numel() for a in answers), default=0)):
+        todo = [i for i in range(len(requests)) if alive[i] and bool((state[i] == mask_id).any())]
+        if not todo:
+            break
+        for start in range(0, len(todo), rows_per_forward):
+            rows = todo[start:start + rows_per_forward]
+            lengths = [prompts[i].numel() + answers[i].numel() for i in rows]
+            width = max(lengths)
+            ids = torch.full((len(rows), width), scorer.pad_id, dtype=torch.long)
+            prompt_pos = torch.zeros((len(rows), width), dtype=torch.bool)
+            attention = torch.zeros((len(rows), width), dtype=torch.long)
+            for r, i in enumerate(rows):
+                P, total = prompts[i].numel(), lengths[r]
+                ids[r, :P] = prompts[i]
+                ids[r, P:total] = state[i]
+                prompt_pos[r, :P] = True
+                attention[r, :total] = 1
+            attention_mask = None if all(t == width for t in lengths) else attention.to(device)
+            logits = scorer.logits(ids.to(device), attention_mask, prompt_pos.to(device))
+            for r, i in enumerate(rows):
+                P, L = prompts[i].numel(), answers[i].numel()
+                probs = torch.softmax(logits[r, P:P + L].float(), dim=-1)
+                conf, cand = probs.max(dim=-1)
+                masked = (state[i] == mask_id).to(device)
+                conf = conf.masked_fill(~masked, -1.0)
+                pos = int(conf.argmax())
+                if int(cand[pos]) != int(answers[i][pos]):
+                    alive[i] = False
+                else:
+                    state[i][pos] = answers[i][pos]
+    return alive
+
+
 __all__ = [
     "EXACT_MAX_ANSWER_LENGTH",
+    "greedy_unmasking_matches",
     "LikelihoodConfig",
     "LikelihoodEstimate",
     "MaskDraws",
