@@ -21,7 +21,7 @@ The ELBO itself is `llada.likelihood`'s estimator, called through its shared-ran
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -143,38 +143,77 @@ def check_compatible(policy: torch.nn.Module, reference: torch.nn.Module) -> Non
         raise ValueError(f"the reference model's mask id ({rc.mask_token_id}) differs from the policy's ({pc.mask_token_id})")
 
 
+Pairs = Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]]
+Generators = Union[None, torch.Generator, Sequence[Optional[torch.Generator]]]
+
+
+def _per_pair(generators: Generators, n: int) -> list[Optional[torch.Generator]]:
+    if generators is None or isinstance(generators, torch.Generator):
+        return [generators] * n
+    generators = list(generators)
+    if len(generators) != n:
+        raise ValueError(f"{len(generators)} generators for {n} pairs")
+    return generators
+
+
+def draw_pair_masks(pairs: Pairs, config: VRPOConfig, generators: Generators = None,
+                    reference_generators: Generators = None) -> tuple[list[tuple[list[int], list[int]]], list[MaskDraws], list[MaskDraws]]:
+    """The (x, y) requests of a batch of pairs (y_w then y_l per pair) and their policy / reference draws.
+
+    Pair i draws from `generators[i]` (one generator per pair keeps the draws of a pair independent of how
+    the batch is split over processes). With `config.antithetic` the reference draws ARE the policy draws;
+    otherwise they are independent (from `reference_generators`, default: continuing the policy's).
+    """
+    for i, (x, yw, yl) in enumerate(pairs):
+        _check_pair(i, x, yw, yl)
+    gens = _per_pair(generators, len(pairs))
+    ref_gens = _per_pair(reference_generators, len(pairs)) if reference_generators is not None else gens
+    requests, draws, ref_draws = [], [], []
+    for (x, yw, yl), g, rg in zip(pairs, gens, ref_gens):
+        for y in (yw, yl):
+            d = draw_elbo_masks(len(y), config.n_t, config.n_yt, generator=g)
+            requests.append((list(x), list(y)))
+            draws.append(d)
+            ref_draws.append(d if config.antithetic else draw_elbo_masks(len(y), config.n_t, config.n_yt, generator=rg))
+    return requests, draws, ref_draws
+
+
+def score_requests(model: torch.nn.Module, requests, draws: Sequence[MaskDraws], config: VRPOConfig,
+                   rows_per_forward: Optional[int] = None) -> torch.Tensor:
+    """ELBO estimates B_hat (one per request) under the caller's grad mode, via llada.likelihood."""
+    values = score_draws_batch(model, requests, draws, cfg_scale=config.cfg_scale, rows_per_forward=rows_per_forward)
+    return torch.stack([v.mean() for v in values])
+
+
 def preference_elbos(
     policy: torch.nn.Module,
-    reference: torch.nn.Module,
-    pairs: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
+    reference: Optional[torch.nn.Module],
+    pairs: Pairs,
     config: VRPOConfig,
     *,
-    generator: Optional[torch.Generator] = None,
-    reference_generator: Optional[torch.Generator] = None,
+    generator: Generators = None,
+    reference_generator: Generators = None,
+    reference_values: Optional[torch.Tensor] = None,
     rows_per_forward: Optional[int] = None,
 ) -> PreferenceELBOs:
     """B_theta and B_ref of y_w and y_l for each (x, y_w, y_l) in `pairs` (token id lists).
 
     With `config.antithetic` the reference scores the very draws of the policy; otherwise it gets its own
-    draws (from `reference_generator`, default: continuing `generator`). The reference runs under no_grad.
+    draws. The reference runs under no_grad; `reference_values` (2 per pair: y_w, y_l, computed earlier
+    with the same draws by `score_requests`) replace the reference model when memory is short.
     """
-    for i, (x, yw, yl) in enumerate(pairs):
-        _check_pair(i, x, yw, yl)
-    requests, draws, ref_draws = [], [], []
-    for x, yw, yl in pairs:
-        for y in (yw, yl):
-            d = draw_elbo_masks(len(y), config.n_t, config.n_yt, generator=generator)
-            requests.append((list(x), list(y)))
-            draws.append(d)
-            ref_draws.append(d if config.antithetic else
-                             draw_elbo_masks(len(y), config.n_t, config.n_yt,
-                                             generator=reference_generator if reference_generator is not None else generator))
-    pol = score_draws_batch(policy, requests, draws, cfg_scale=config.cfg_scale, rows_per_forward=rows_per_forward)
-    with torch.no_grad():
-        ref = score_draws_batch(reference, requests, ref_draws, cfg_scale=config.cfg_scale,
-                                rows_per_forward=rows_per_forward)
-    pol_b = torch.stack([v.mean() for v in pol])
-    ref_b = torch.stack([v.mean() for v in ref]).to(pol_b.device)
+    requests, draws, ref_draws = draw_pair_masks(pairs, config, generator, reference_generator)
+    pol_b = score_requests(policy, requests, draws, config, rows_per_forward)
+    if reference_values is None:
+        if reference is None:
+            raise ValueError("preference_elbos: give a reference model or precomputed reference_values")
+        with torch.no_grad():
+            ref_b = score_requests(reference, requests, ref_draws, config, rows_per_forward)
+    else:
+        ref_b = torch.as_tensor(reference_values, dtype=pol_b.dtype)
+        if ref_b.numel() != pol_b.numel():
+            raise ValueError(f"reference_values has {ref_b.numel()} entries, expected {pol_b.numel()} (2 per pair)")
+    ref_b = ref_b.to(pol_b.device)
     return PreferenceELBOs(pol_b[0::2], pol_b[1::2], ref_b[0::2], ref_b[1::2])
 
 
@@ -198,17 +237,19 @@ class VRPOOutput:
 
 def vrpo_objective(
     policy: torch.nn.Module,
-    reference: torch.nn.Module,
-    pairs: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]],
+    reference: Optional[torch.nn.Module],
+    pairs: Pairs,
     config: VRPOConfig,
     *,
-    generator: Optional[torch.Generator] = None,
+    generator: Generators = None,
     sft_generators=None,
+    reference_values: Optional[torch.Tensor] = None,
     pad_id: Optional[int] = None,
     rows_per_forward: Optional[int] = None,
 ) -> VRPOOutput:
     """The VRPO training objective of a batch of pairs: Eq. 8 on Eq. 7 plus `sft_weight` x SFT loss on y_w."""
-    elbos = preference_elbos(policy, reference, pairs, config, generator=generator, rows_per_forward=rows_per_forward)
+    elbos = preference_elbos(policy, reference, pairs, config, generator=generator, reference_values=reference_values,
+                             rows_per_forward=rows_per_forward)
     score = vrpo_score(elbos.policy_chosen, elbos.reference_chosen, elbos.policy_rejected, elbos.reference_rejected,
                        config.beta)
     main = vrpo_loss(score).float()
