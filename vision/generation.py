@@ -16,6 +16,14 @@ Points 1 and 2 are sampler options. Point 3 is done here through the sampler's `
 candidate's confidence 1 / V' is below that of any position before the stop (whose most likely token
 has probability >= 1 / V' at temperature 0); the sampler's counts then commit exactly the positions
 the official code commits before the stop, and `generate` stops the run as soon as none is left.
+
+Prompt (image) caching (`prompt_cache=True`): the keys and values of the spliced prompt are computed
+once, at the first model call, and every later call computes only the generation region against them
+(`PromptCachingDenoiser`). Attention is bidirectional, so this is an approximation, like the prefix
+caches of Fast-dLLM / dLLM-Cache: the prompt's keys are those it had when the whole answer was still
+masked. It composes with the sampler's own `cache="prefix" | "dual"`, and a `PromptCache` returned by
+one chat turn (`return_dict=True`) is reused by the next when the new prompt starts with the old one
+(the previous prompt's positions are not recomputed at all).
 """
 
 from __future__ import annotations
@@ -41,6 +49,7 @@ class VisionGenerationResult:
     stopped: (B,) bool, whether a stop sequence was found.
     nfe: model calls.
     prompt_length: length of the spliced prompt (text + image rows).
+    prompt_cache: with `prompt_cache=True`, the prompt's keys / values (pass it to the next chat turn).
     """
 
     sequences: torch.Tensor
@@ -49,6 +58,111 @@ class VisionGenerationResult:
     nfe: int
     prompt_length: int
     config: SamplerConfig = field(repr=False, default=None)
+    prompt_cache: Optional[PromptCache] = field(repr=False, default=None)
+
+
+@dataclass
+class PromptCache:
+    """Keys / values of a spliced prompt, reusable by a later call whose prompt starts with it.
+
+    prompt_embeds: (B, P, D) the prompt the keys belong to; attention_mask: (B, P) or None;
+    past_key_values: per layer (k, v) of shape (rows, n_kv, P, head_dim) (rows = 2B with CFG).
+    """
+
+    prompt_embeds: torch.Tensor
+    attention_mask: Optional[torch.Tensor]
+    past_key_values: tuple
+
+    @property
+    def length(self) -> int:
+        return self.prompt_embeds.shape[1]
+
+    @property
+    def rows(self) -> int:
+        return self.past_key_values[0][0].shape[0]
+
+    def usable_for(self, prompt_embeds: torch.Tensor, attention_mask: Optional[torch.Tensor], rows: int) -> int:
+        """How many leading prompt positions this cache covers for a new prompt (0: none)."""
+        P = self.length
+        if rows != self.rows or prompt_embeds.shape[0] != self.prompt_embeds.shape[0] or prompt_embeds.shape[1] < P:
+            return 0
+        if not torch.equal(prompt_embeds[:, :P].to(self.prompt_embeds.dtype), self.prompt_embeds):
+            return 0
+        old = None if self.attention_mask is None else self.attention_mask.bool()
+        new = None if attention_mask is None else attention_mask[:, :P].bool()
+        same_mask = (old is None or bool(old.all())) and (new is None or bool(new.all())) or (
+            old is not None and new is not None and torch.equal(old, new))
+        return P if same_mask else 0
+
+
+class PromptCachingDenoiser(Denoiser):
+    """Wraps an embeddings denoiser: the prompt's keys / values are computed once and reused.
+
+    A call on the full sequence (start 0, no cache given) runs only x[:, P:] against the cached prompt
+    keys; the prompt positions' logits are left uninitialised (the sampler only reads the generation
+    region). Calls that already carry the sampler's own cache are passed through unchanged.
+    """
+
+    def __init__(self, inner: Denoiser, reuse: Optional[PromptCache] = None, slot: Optional[dict] = None):
+        self.inner = inner
+        self.reuse = reuse
+        self.slot = slot if slot is not None else {}  # shared with copies: slot["cache"] is the PromptCache
+        for name in ("mask_token_id", "eos_token_id", "pad_token_id", "max_sequence_length", "device"):
+            setattr(self, name, getattr(inner, name))
+        self.supports_cache = True
+
+    def __getattr__(self, name: str):
+        if name in ("inner", "reuse", "slot"):
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    @property
+    def cache(self) -> Optional[PromptCache]:
+        return self.slot.get("cache")
+
+    def with_prompt_embeds(self, prompt_embeds: torch.Tensor) -> "PromptCachingDenoiser":
+        return PromptCachingDenoiser(self.inner.with_prompt_embeds(prompt_embeds), self.reuse, self.slot)
+
+    def _prompt_mask(self, attention_mask):
+        return None if attention_mask is None else attention_mask[: self.inner.prompt_embeds.shape[0], : self.P]
+
+    @property
+    def P(self) -> int:
+        return self.inner.prompt_length
+
+    def __call__(self, x, attention_mask=None, *, start=0, past_key_values=None, use_cache=False) -> DenoiserOutput:
+        P = self.P
+        if past_key_values is not None or start > 0:
+            return self.inner(x, attention_mask, start=start, past_key_values=past_key_values, use_cache=use_cache)
+        rows, L = x.shape
+        if self.cache is None:
+            covered = self.reuse.usable_for(self.inner.prompt_embeds, self._prompt_mask(attention_mask), rows) \
+                if self.reuse is not None else 0
+            if covered:
+                out = self.inner(x[:, covered:], attention_mask, start=covered, use_cache=True,
+                                 past_key_values=self.reuse.past_key_values)
+                logits = _pad_prompt_logits(out.logits, covered)
+            else:
+                out = self.inner(x, attention_mask, use_cache=True)
+                logits = out.logits
+            kv = out.past_key_values
+            self.slot["cache"] = PromptCache(self.inner.prompt_embeds, self._prompt_mask(attention_mask),
+                                     tuple((k[:, :, :P], v[:, :, :P]) for k, v in kv))
+            return DenoiserOutput(logits, kv if use_cache else None)
+        out = self.inner(x[:, P:], attention_mask, start=P, past_key_values=self.cache.past_key_values,
+                         use_cache=use_cache)
+        return DenoiserOutput(_pad_prompt_logits(out.logits, P), out.past_key_values if use_cache else None)
+
+
+def _pad_prompt_logits(logits: torch.Tensor, prompt_length: int) -> torch.Tensor:
+    """(rows, L - P, V) -> (rows, L, V); the P prompt positions are left uninitialised.
+
+    The sampler reads only the generation region's logits; allocating without writing the prompt part
+    keeps the saving (a prompt of ~800 image rows times a 126K vocabulary is ~400 MB per call).
+    """
+    out = logits.new_empty((logits.shape[0], prompt_length + logits.shape[1], logits.shape[2]))
+    out[:, prompt_length:] = logits
+    return out
 
 
 class _StopState:
@@ -202,6 +316,7 @@ def generate(
     callback: Optional[Callable[[Any], Any]] = None,
     generator: Optional[torch.Generator] = None,
     return_dict: bool = False,
+    prompt_cache: Any = False,
     **settings: Any,
 ):
     """Generate with LLaDA-V: splice the images into the prompt and run `sampling.stream` on the embeddings.
@@ -219,6 +334,8 @@ def generate(
             the tokenizer (see `default_suppress_tokens`); [] disables.
         callback: called with each `sampling.StepEvent`.
         return_dict: return a `VisionGenerationResult`.
+        prompt_cache: False (exact), True (compute the prompt's keys / values once), or the `PromptCache`
+            of an earlier turn whose prompt this one extends (see the module docstring).
 
     Returns:
         LongTensor (B, n) of generated ids (without the prompt), cut at the stop sequence.
@@ -237,10 +354,15 @@ def generate(
     device = model.get_input_embeddings().weight.device
     input_ids = input_ids.to(device)
     state = _StopState()
-    denoiser = StopRegionDenoiser(TokenDenoiser(model), state)
+    inner: Denoiser = TokenDenoiser(model)
+    caching = None
+    if prompt_cache is not False and prompt_cache is not None:
+        caching = PromptCachingDenoiser(inner, prompt_cache if isinstance(prompt_cache, PromptCache) else None)
+        inner = caching
+    denoiser = StopRegionDenoiser(inner, state)
     has_images = bool((input_ids == model.config.image_token_index).any()) or bool(pixel_values)
-    if has_images:
-        spliced = model.prepare_inputs_embeds(
+    if has_images or caching is not None:
+        spliced = model.prepare_inputs_embeds(  # (text-only prompts too when caching: the cache lives on embeddings)
             input_ids, pixel_values, image_sizes, attention_mask=attention_mask, padding_side="left",
             max_length=model.config.context_length - cfg.gen_length,
             limit_reason=f"the model's context ({model.config.context_length}) minus gen_length ({cfg.gen_length})",
@@ -277,8 +399,12 @@ def generate(
     keep = torch.arange(width, device=device)[None, :] < lengths[:, None]
     sequences = torch.where(keep, sequences, torch.full_like(sequences, int(eos)))
     if return_dict:
-        return VisionGenerationResult(sequences, lengths, stopped, nfe, P, cfg)
+        return VisionGenerationResult(sequences, lengths, stopped, nfe, P, cfg,
+                                      prompt_cache=caching.cache if caching is not None else None)
     return sequences
 
 
-__all__ = ["generate", "VisionGenerationResult", "StopRegionDenoiser", "find_stop_positions", "default_suppress_tokens"]
+__all__ = [
+    "generate", "VisionGenerationResult", "StopRegionDenoiser", "PromptCachingDenoiser", "PromptCache",
+    "find_stop_positions", "default_suppress_tokens",
+]
