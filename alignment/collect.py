@@ -1,0 +1,127 @@
+"""Preference pairs from verifiable tasks: sample a model on prompts with checkable answers, keep a correct
+sample as `chosen` and a wrong one as `rejected`.
+
+    python -m alignment.collect --model llada/embedded/llada-mini-instruct --out runs/vrpo/prefs.jsonl \\
+        [--families addition,subtraction,word_problem] [--prompts 600] [--samples 4] [--temperature 1.0]
+
+Prompts come from the training split of the seeded synthetic corpus (`llada.corpus.sft_train_split`, single-
+turn rows only), so nothing of the held-out split leaks into alignment. Each prompt is sampled `--samples`
+times (Gumbel-max sampling at `--temperature`, the shared sampler); answers are checked with
+`llada.corpus.check_answer`. A prompt gives a pair when at least one sample is right and one is wrong; with
+`--reference-chosen`, a prompt whose samples are all wrong pairs the corpus' reference answer (chosen) with a
+wrong sample. Rows: {"prompt", "chosen", "rejected", "family", "chosen_source"}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+
+def collect_pairs(model, tokenizer, rows: Sequence[dict], *, samples: int, temperature: float, gen_length: int,
+                  steps: int, block_length: int, batch_prompts: int = 8, seed: int = 0,
+                  reference_chosen: bool = False, progress: bool = True) -> tuple[list[dict], dict]:
+    """Sample and pair; returns (pairs, statistics per family)."""
+    import sampling
+    from llada.corpus import check_answer
+    from llada.tokenization import apply_chat_template, left_pad, special_token_ids
+
+    ids = special_token_ids(tokenizer, model.config)
+    stops = {ids.eos} | ({ids.eot} if ids.eot is not None else set())
+    g = torch.Generator().manual_seed(seed)
+    rng = random.Random(seed)
+    pairs, stats = [], Counter()
+    t0 = time.time()
+    for start in range(0, len(rows), batch_prompts):
+        chunk = rows[start:start + batch_prompts]
+        prompts = [apply_chat_template(tokenizer, [{"role": "user", "content": r["prompt"]}]) for r in chunk]
+        input_ids, mask = left_pad([p for p in prompts for _ in range(samples)], ids.pad)
+        with torch.no_grad():
+            out = sampling.generate(model, input_ids, mask, steps=steps, gen_length=gen_length,
+                                    block_length=block_length, temperature=temperature, generator=g)
+        gen = out[:, input_ids.shape[1]:].tolist()
+        for i, r in enumerate(chunk):
+            texts = []
+            for seq in gen[i * samples:(i + 1) * samples]:
+                kept = []
+                for t in seq:
+                    if t in stops:
+                        break
+                    kept.append(t)
+                texts.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
+            right = [t for t in texts if t and check_answer(t, r["answer"])]
+            wrong = [t for t in texts if t and not check_answer(t, r["answer"])]
+            stats[f"{r['family']}/samples"] += len(texts)
+            stats[f"{r['family']}/correct"] += len(right)
+            chosen, source = (rng.choice(right), "sample") if right else (
+                (r["answer"], "reference") if reference_chosen else (None, None))
+            if chosen is not None and wrong:
+                rejected = rng.choice(wrong)
+                if rejected.strip() != chosen.strip():
+                    pairs.append({"prompt": r["prompt"], "chosen": chosen, "rejected": rejected,
+                                  "family": r["family"], "chosen_source": source})
+                    stats[f"{r['family']}/pairs"] += 1
+        if progress:
+            print(f"  {min(start + batch_prompts, len(rows))}/{len(rows)} prompts, {len(pairs)} pairs, "
+                  f"{time.time() - t0:.0f} s", flush=True)
+    return pairs, dict(stats)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import llada
+    from transformers import AutoTokenizer
+
+    from llada.corpus import FAMILIES, CorpusConfig, sft_train_split
+    from llada.defaults import resolve_model
+
+    ap = argparse.ArgumentParser(prog="python -m alignment.collect", description=__doc__.strip().splitlines()[0])
+    ap.add_argument("--model", default=None, help="model to sample (default: the embedded instruct model)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--families", default=",".join(FAMILIES))
+    ap.add_argument("--prompts", type=int, default=600, help="training prompts to sample (spread over the families)")
+    ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--gen-length", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--block-length", type=int, default=32)
+    ap.add_argument("--batch-prompts", type=int, default=8)
+    ap.add_argument("--reference-chosen", action="store_true", help="pair the reference answer when no sample is right")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise SystemExit(f"unknown families {sorted(unknown)}; known: {', '.join(FAMILIES)}")
+    path = resolve_model(args.model, "instruct")
+    model = llada.LLaDAModelLM.from_pretrained(path, dtype=torch.float32).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    per_family = -(-args.prompts // len(families))
+    rows, counts = [], Counter()
+    for r in sft_train_split(CorpusConfig()):
+        user = [m for m in r["messages"] if m["role"] == "user"]
+        if r["family"] in families and len(user) == 1 and counts[r["family"]] < per_family:
+            rows.append({"prompt": user[0]["content"], "answer": r["answer"], "family": r["family"]})
+            counts[r["family"]] += 1
+    pairs, stats = collect_pairs(model, tok, rows, samples=args.samples, temperature=args.temperature,
+                                 gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
+                                 batch_prompts=args.batch_prompts, seed=args.seed,
+                                 reference_chosen=args.reference_chosen)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(p) + "\n" for p in pairs))
+    print(json.dumps({"prompts": len(rows), "pairs": len(pairs), **stats}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,37 @@
+"""Preference collection from verifiable tasks: every pair's chosen answer checks, its rejected one does not."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from transformers import AutoTokenizer
+
+import llada
+from alignment.collect import collect_pairs
+from llada.corpus import check_answer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from helpers import make_tiny_chat_checkpoint  # noqa: E402
+
+
+def test_pairs_are_verified(tmp_path):
+    path = make_tiny_chat_checkpoint(tmp_path / "m", d_model=32, n_layers=1)
+    model = llada.LLaDAModelLM.from_pretrained(str(path)).eval()
+    tok = AutoTokenizer.from_pretrained(str(path))
+    rows = [{"prompt": "what is 2 + 2?", "answer": "4", "family": "addition"},
+            {"prompt": "reverse the word cat", "answer": "tac", "family": "reverse"}]
+    pairs, stats = collect_pairs(model, tok, rows, samples=3, temperature=1.0, gen_length=8, steps=8, block_length=8,
+                                 reference_chosen=True, progress=False)
+    assert stats["addition/samples"] == 3 and stats["reverse/samples"] == 3
+    assert pairs, stats
+    for p in pairs:
+        answer = {r["prompt"]: r["answer"] for r in rows}[p["prompt"]]
+        assert check_answer(p["chosen"], answer)
+        assert not check_answer(p["rejected"], answer)
+        assert p["chosen_source"] in ("sample", "reference")
+    # a random model essentially never answers right: without the reference answer no pair has a chosen side
+    pairs, _ = collect_pairs(model, tok, rows, samples=3, temperature=1.0, gen_length=8, steps=8, block_length=8,
+                             reference_chosen=False, progress=False)
+    assert all(p["chosen_source"] == "sample" for p in pairs)
