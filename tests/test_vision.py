@@ -399,3 +399,105 @@ def test_save_and_reload_round_trip(v_model, v_expected, tmp_path):
     ids = tensors["text_only.input_ids"][None, :20]
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, v_model(ids).logits)
+
+
+# ----------------------------------------------------------------------------------------- small random model
+@pytest.fixture(scope="module")
+def small_model():
+    """A random LLaDA-V with a 64-token vocabulary and a 28-pixel tower (2 x 2 features per crop)."""
+    from transformers import SiglipVisionConfig
+
+    from vision import LlavaLLaDAConfig, LlavaLLaDAModelLM
+
+    config = LlavaLLaDAConfig(
+        vision_config=SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, image_size=28, patch_size=14),
+        image_aspect_ratio="pad", d_model=32, n_heads=4, n_layers=2, mlp_hidden_size=64, vocab_size=64,
+        embedding_size=64, mask_token_id=63, eos_token_id=62, pad_token_id=62, max_sequence_length=256,
+    )
+    torch.manual_seed(0)
+    return LlavaLLaDAModelLM(config).eval()
+
+
+def test_several_images_in_one_prompt(small_model):
+    from PIL import Image
+
+    import vision
+
+    images = [Image.new("RGB", (30, 20), (255, 0, 0)), Image.new("RGB", (20, 40), (0, 0, 255))]
+    pv, sizes = vision.process_images(images, vision.ImageProcessingConfig.from_model_config(small_model.config))
+    ids = torch.tensor([[1, -200, 2, 3, -200, 4]])
+    with torch.no_grad():
+        spliced = small_model.prepare_inputs_embeds(ids, pv, sizes)
+        rows = small_model.image_rows(pv, sizes)
+    assert [r.shape[0] for r in rows] == [5, 5]  # 2 x 2 features + one newline each ("pad")
+    assert spliced.image_spans == [[(1, 6), (8, 13)]] and spliced.inputs_embeds.shape[1] == 4 + 10
+    torch.testing.assert_close(spliced.inputs_embeds[0, 1:6], rows[0])
+    torch.testing.assert_close(spliced.inputs_embeds[0, 8:13], rows[1])
+    torch.testing.assert_close(spliced.inputs_embeds[0, 6], small_model.embed_tokens(torch.tensor(2)))
+    out = vision.generate(small_model, ids[0], images, steps=4, gen_length=4, block_length=4, suppress_tokens=[62])
+    assert out.shape == (1, 4) and not bool((out == 62).any())  # EOS suppressed at masked positions
+
+
+def test_prompt_cache_is_exact_while_the_prompt_context_is_unchanged(small_model):
+    """The cached prompt keys equal fresh ones when the answer region has not changed: same logits."""
+    from sampling import TokenDenoiser
+
+    from vision.generation import PromptCachingDenoiser
+
+    ids = torch.tensor([[1, 2, -200, 3, 4]])
+    pv = [torch.randn(1, 3, 28, 28)]
+    embeds = small_model.prepare_inputs_embeds(ids, pv, [(28, 28)]).inputs_embeds
+    P = embeds.shape[1]
+    x = torch.cat([torch.full((1, P), 62), torch.full((1, 6), 63)], dim=1)
+    plain = TokenDenoiser(small_model).with_prompt_embeds(embeds)
+    cached = PromptCachingDenoiser(TokenDenoiser(small_model)).with_prompt_embeds(embeds)
+    with torch.no_grad():
+        first = cached(x).logits[:, P:]
+        second = cached(x).logits[:, P:]  # served from the prompt cache: only the 6 answer positions run
+        reference = plain(x).logits[:, P:]
+    assert cached.cache is not None and cached.cache.length == P
+    torch.testing.assert_close(first, reference, atol=1e-5, rtol=0)
+    torch.testing.assert_close(second, reference, atol=1e-5, rtol=0)
+    x2 = x.clone()
+    x2[0, P] = 5  # the answer changes: the cached prompt keys are now stale (an approximation)
+    with torch.no_grad():
+        assert not torch.allclose(cached(x2).logits[:, P:], plain(x2).logits[:, P:], atol=1e-6)
+
+
+def test_prompt_cache_carries_over_chat_turns(small_model):
+    import vision
+
+    ids = torch.tensor([1, 2, -200, 3, 4])
+    pv = [torch.randn(1, 3, 28, 28)]
+    kw = dict(steps=4, gen_length=4, block_length=4, suppress_tokens=[62])
+    r1 = vision.generate(small_model, ids, pv, [(28, 28)], prompt_cache=True, return_dict=True, **kw)
+    assert r1.prompt_cache.length == r1.prompt_length == 4 + 5
+    ids2 = torch.cat([ids, r1.sequences[0], torch.tensor([7, 8, 9])])
+    embeds2 = small_model.prepare_inputs_embeds(ids2[None], pv, [(28, 28)]).inputs_embeds
+    assert r1.prompt_cache.usable_for(embeds2, None, rows=1) == r1.prompt_length  # the old prompt is a prefix
+    assert r1.prompt_cache.usable_for(embeds2.flip(1), None, rows=1) == 0
+    assert r1.prompt_cache.usable_for(embeds2, None, rows=2) == 0  # CFG doubles the rows: no reuse
+    r2 = vision.generate(small_model, ids2, pv, [(28, 28)], prompt_cache=r1.prompt_cache, return_dict=True, **kw)
+    assert r2.prompt_cache.length == r2.prompt_length == len(ids2) - 1 + 5 and r2.sequences.shape == (1, 4)
+
+
+def test_open_clip_tower_option():
+    import vision
+    from vision import LlavaLLaDAConfig, LlavaLLaDAModelLM
+
+    config = LlavaLLaDAConfig(
+        vision_tower_type="open_clip", open_clip_model="ViT-S-32", open_clip_image_size=64, open_clip_patch_size=32,
+        mm_hidden_size=384, image_aspect_ratio="pad", d_model=32, n_heads=4, n_layers=1, mlp_hidden_size=64,
+        vocab_size=64, embedding_size=64, mask_token_id=63, eos_token_id=62, pad_token_id=62,
+    )
+    model = LlavaLLaDAModelLM(config).eval()
+    cfg = vision.ImageProcessingConfig.from_model_config(config)
+    assert cfg.image_size == 64 and cfg.image_mean != (0.5, 0.5, 0.5)  # CLIP normalisation
+    pv, sizes = vision.process_images([LLADA_V_TINY / "image.png"], cfg)
+    with torch.no_grad():
+        features = model.model.vision_tower(pv[0])
+        rows = model.image_rows(pv, sizes)[0]
+    assert features.shape == (1, 4, 384) and rows.shape == (5, 32)  # 2 x 2 patches (no CLS) + newline
+    with pytest.raises(ValueError, match="open_clip_patch_size=16 but ViT-S-32 has patches of 32"):
+        LlavaLLaDAModelLM(LlavaLLaDAConfig(**{**config.to_dict(), "open_clip_patch_size": 16}))

@@ -10,6 +10,9 @@ the vision side:
                              layer is dropped)
     mm_vision_select_feature "patch" (every token; SigLIP has no CLS token) or "cls_patch"
     mm_hidden_size           width of the tower features (1152 for SigLIP so400m)
+    vision_tower_type        "siglip" (transformers' SiglipVisionModel) or "open_clip" (an open_clip ViT
+                             named by open_clip_model, built at open_clip_image_size with patches of
+                             open_clip_patch_size; its weights live in the LLaDA-V checkpoint)
     mm_projector_type        "mlp2x_gelu" (Linear, GELU, Linear), "mlpNx_gelu", "linear" or "identity"
     mm_patch_merge_type      "spatial_unpad" (anyres tiles unpadded, `image_newline` after each row),
                              "spatial", or "flat"
@@ -133,6 +136,8 @@ class LlavaLLaDAConfig(LLaDAConfig):
         image_token_index: int = -200,
         vision_tower_type: str = "siglip",
         open_clip_model: Optional[str] = None,
+        open_clip_image_size: Optional[int] = None,
+        open_clip_patch_size: Optional[int] = None,
         **kwargs: Any,
     ):
         checkpoint = kwargs.get("name_or_path")
@@ -159,6 +164,8 @@ class LlavaLLaDAConfig(LLaDAConfig):
         self.image_token_index = image_token_index
         self.vision_tower_type = vision_tower_type
         self.open_clip_model = open_clip_model
+        self.open_clip_image_size = open_clip_image_size
+        self.open_clip_patch_size = open_clip_patch_size
         super().__init__(**kwargs)
         self.validate_vision()
 
@@ -177,8 +184,10 @@ class LlavaLLaDAConfig(LLaDAConfig):
             problems.append(f"vision_tower_type={self.vision_tower_type!r} (expected siglip or open_clip)")
         if self.vision_tower_type == "siglip" and self.vision_config is None:
             problems.append("no vision tower: set mm_vision_tower or vision_config")
-        if self.vision_tower_type == "open_clip" and not self.open_clip_model:
-            problems.append("vision_tower_type='open_clip' needs open_clip_model (e.g. 'ViT-B-16')")
+        if self.vision_tower_type == "open_clip" and not (
+                self.open_clip_model and self.open_clip_image_size and self.open_clip_patch_size):
+            problems.append("vision_tower_type='open_clip' needs open_clip_model (e.g. 'ViT-B-16'), "
+                            "open_clip_image_size and open_clip_patch_size")
         if self.mm_hidden_size is None:
             problems.append("mm_hidden_size is not set and cannot be read from the vision config")
         if problems:
@@ -191,11 +200,15 @@ class LlavaLLaDAConfig(LLaDAConfig):
 
     @property
     def vision_image_size(self) -> int:
-        return int(self.vision_config.image_size) if self.vision_config is not None else 224
+        if self.vision_tower_type == "open_clip":
+            return int(self.open_clip_image_size)
+        return int(self.vision_config.image_size)
 
     @property
     def vision_patch_size(self) -> int:
-        return int(self.vision_config.patch_size) if self.vision_config is not None else 16
+        if self.vision_tower_type == "open_clip":
+            return int(self.open_clip_patch_size)
+        return int(self.vision_config.patch_size)
 
     @property
     def tokens_per_side(self) -> int:

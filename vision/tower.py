@@ -76,14 +76,14 @@ class OpenClipVisionTower(nn.Module):
     """
 
     def __init__(self, open_clip_model: str, select_layer: int = -2, select_feature: str = "patch",
-                 pretrained: str | None = None):
+                 pretrained: str | None = None, image_size: int | None = None, patch_size: int | None = None):
         super().__init__()
         try:
             import open_clip
         except ModuleNotFoundError as err:  # pragma: no cover - optional dependency
             raise ModuleNotFoundError("the open_clip tower needs `open_clip_torch` (pip install 'llada-suite[vision]')") from err
-        model = open_clip.create_model(open_clip_model, pretrained=pretrained)
-        self.vision_tower = model.visual
+        model = open_clip.create_model(open_clip_model, pretrained=pretrained, force_image_size=image_size)
+        self.vision_tower = model.visual  # the text tower is dropped
         self.select_layer = select_layer
         self.select_feature = select_feature
         size = self.vision_tower.image_size
@@ -93,6 +93,8 @@ class OpenClipVisionTower(nn.Module):
         self.hidden_size = self.vision_tower.transformer.width
         self.num_layers = len(self.vision_tower.transformer.resblocks)
         kept_vision_layers(self.num_layers, select_layer)
+        if patch_size is not None and patch_size != self.patch_size:
+            raise ValueError(f"open_clip_patch_size={patch_size} but {open_clip_model} has patches of {self.patch_size}")
 
     @property
     def num_patches_per_side(self) -> int:
@@ -118,7 +120,8 @@ class OpenClipVisionTower(nn.Module):
 def build_vision_tower(config: Any) -> nn.Module:
     """The tower a `LlavaLLaDAConfig` describes."""
     if config.vision_tower_type == "open_clip":
-        return OpenClipVisionTower(config.open_clip_model, config.mm_vision_select_layer, config.mm_vision_select_feature)
+        return OpenClipVisionTower(config.open_clip_model, config.mm_vision_select_layer, config.mm_vision_select_feature,
+                                   image_size=config.open_clip_image_size, patch_size=config.open_clip_patch_size)
     return SiglipVisionTower(config.vision_config, config.mm_vision_select_layer, config.mm_vision_select_feature)
 
 
