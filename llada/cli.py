@@ -3,6 +3,8 @@
     llada generate   sample from a model (sampling.cli)
     llada chat       multi-turn chat in the terminal (sampling.cli)
     llada train      pretraining / SFT (llada.train; under `accelerate launch -m llada.train` for many processes)
+    llada vrpo       VRPO alignment (alignment.train; `accelerate launch -m alignment.train` for many processes)
+    llada vrpo-variance / vrpo-collect   VRPO variance table / preference pairs from verifiable tasks
     llada eval       lm-eval with the LLaDA adapter registered (eval.__main__)
     llada demo       the Gradio chat and vision demo (demo.app)
     llada info       print what a checkpoint is (config, parameters, special ids)
@@ -23,6 +25,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("sampling.cli:generate_main", "sample a completion (every sampler setting is a flag)"),
     "chat": ("sampling.cli:chat_main", "multi-turn chat in the terminal"),
     "train": ("llada.train:main", "pretraining / SFT from a YAML recipe"),
+    "vrpo": ("alignment.train:main", "VRPO preference optimisation from a YAML recipe (LLaDA 1.5)"),
+    "vrpo-variance": ("alignment.variance:main", "Var(score) / Var(loss) / Var(grad) of the VRPO estimator"),
+    "vrpo-collect": ("alignment.collect:main", "preference pairs from verifiable tasks"),
     "eval": ("eval.__main__:main", "run lm-eval with the llada model registered"),
     "demo": ("demo.app:main", "serve the Gradio chat and vision demo"),
     "info": ("llada.cli:info_main", "describe a checkpoint"),
