@@ -75,7 +75,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(__doc__.strip().splitlines()[0])
         print("\nusage: llada <subcommand> [options]   (llada <subcommand> --help for its options)\n")
         for name, (_, help_text) in SUBCOMMANDS.items():
-            print(f"  {name:<10} {help_text}")
+            print(f"  {name:<14} {help_text}")
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
