@@ -207,3 +207,24 @@ def test_accelerate_launch_stage1(workdir, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "out" / "final" / "model.safetensors").is_file()
     assert json.loads((tmp_path / "out" / "final" / "training_summary.json").read_text())["steps"] == 1
+
+
+# ----------------------------------------------------------------------------------------- command line
+def test_vision_cli_answers_and_reports_bad_images(workdir, tmp_path, capsys):
+    from transformers import AutoTokenizer
+
+    from vision.cli import generate_main
+    from vision.train import build_llada_v
+
+    folder = tmp_path / "llada-v"
+    torch.manual_seed(0)
+    build_llada_v(_config(workdir)).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(workdir / "lm").save_pretrained(folder)
+    args = ["--model", str(folder), "--image", str(workdir / "img" / "0.png"), "--prompt", "what colour is it?",
+            "--steps", "4", "--gen-length", "4", "--block-length", "4", "--prompt-cache", "--show-nfe"]
+    assert generate_main(args) == 0
+    out, err = capsys.readouterr()
+    assert "nfe" in err and "prompt" in err and out.endswith("\n")
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    assert generate_main(args[:2] + ["--image", str(tmp_path / "bad.png")] + args[4:]) == 2
+    assert "bad.png: not an image file" in capsys.readouterr().err
