@@ -71,10 +71,21 @@ class LlavaLLaDAModel(LLaDAModel):
         self.vision_tower = build_vision_tower(config)
         self.mm_projector = build_projector(config)
         if "unpad" in config.mm_patch_merge_type:
-            self.image_newline = nn.Parameter(torch.zeros(config.d_model))
+            # N(0, 1/d) as the official initialize_vision_modules; overwritten when a checkpoint is loaded
+            self.image_newline = nn.Parameter(torch.randn(config.d_model) * config.d_model ** -0.5)
         else:
             self.image_newline = None
         self.post_init()
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if module is self and self.__dict__.get("_parameters", {}).get("image_newline") is not None:
+            nn.init.normal_(self.image_newline, std=self.config.d_model ** -0.5)
+            return
+        tower = self.__dict__.get("_modules", {}).get("vision_tower")
+        if tower is not None and any(module is m for m in tower.modules()):
+            return  # the tower initialises itself (SiglipVisionModel / open_clip)
+        super()._init_weights(module)
 
 
 class LlavaLLaDAModelLM(LLaDAModelLM):
@@ -90,12 +101,11 @@ class LlavaLLaDAModelLM(LLaDAModelLM):
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
-        if isinstance(module, LlavaLLaDAModel) and module.image_newline is not None:
-            nn.init.normal_(module.image_newline, std=self.config.d_model ** -0.5)
-            return
-        if any(module is m for m in self.model.vision_tower.modules()):
-            return  # the tower initialises itself (SiglipVisionModel.post_init)
-        super()._init_weights(module)
+        inner = self.__dict__.get("_modules", {}).get("model")
+        if isinstance(inner, LlavaLLaDAModel):
+            inner._init_weights(module)
+        else:
+            super()._init_weights(module)
 
     # -------------------------------------------------------------- loading
     @classmethod
