@@ -501,3 +501,31 @@ def test_open_clip_tower_option():
     assert features.shape == (1, 4, 384) and rows.shape == (5, 32)  # 2 x 2 patches (no CLS) + newline
     with pytest.raises(ValueError, match="open_clip_patch_size=16 but ViT-S-32 has patches of 32"):
         LlavaLLaDAModelLM(LlavaLLaDAConfig(**{**config.to_dict(), "open_clip_patch_size": 16}))
+
+
+def test_official_hub_config_resolves_its_tower_offline(monkeypatch):
+    """GSAI-ML/LLaDA-V's config names its tower by Hub id and carries no tower config: the released
+    tower's sizes are known, so the config resolves without the network."""
+    import huggingface_hub
+
+    from vision import LlavaLLaDAConfig
+
+    def offline(*args, **kwargs):
+        raise OSError("offline")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    raw = json.loads((LLADA_V_TINY / "config.json").read_text())
+    raw.update(hidden_size=4096, num_attention_heads=32, num_key_value_heads=32, num_hidden_layers=32,
+               intermediate_size=12288, mm_hidden_size=1152, mm_vision_tower="google/siglip2-so400m-patch14-384",
+               image_aspect_ratio="anyres_max_4", image_grid_pinpoints="(1x1),...,(6x6)")
+    raw.pop("model_type")
+    config = LlavaLLaDAConfig(**raw)
+    vc = config.vision_config
+    assert (vc.hidden_size, vc.num_hidden_layers, vc.patch_size, vc.image_size) == (1152, 27, 14, 384)
+    assert config.tokens_per_side == 27 and config.anyres_max_crops == 4 and config.d_model == 4096
+    raw["mm_vision_tower"] = "my-own-tower"
+    with pytest.raises(ValueError, match="mm_vision_tower='my-own-tower'"):
+        LlavaLLaDAConfig(**raw)
+    raw["mm_vision_tower"], raw["image_aspect_ratio"] = "google/siglip-so400m-patch14-384", "anyres_max"
+    with pytest.raises(ValueError, match="image_aspect_ratio='anyres_max'"):
+        LlavaLLaDAConfig(**raw)

@@ -29,7 +29,7 @@ _register()
 
 
 def __getattr__(name: str):
-    if name in ("generate", "VisionGenerationConfig"):
+    if name in ("generate", "VisionGenerationResult", "PromptCache"):
         from . import generation
 
         return getattr(generation, name)

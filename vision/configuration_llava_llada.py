@@ -73,8 +73,8 @@ def resolve_vision_config(mm_vision_tower: Optional[str], checkpoint: Optional[s
     """Find the config of the vision tower named by `mm_vision_tower` (see the module docstring).
 
     Order: `<checkpoint folder>/<mm_vision_tower>/config.json`, a local folder `mm_vision_tower`, the
-    Hub id `mm_vision_tower` (only when already cached or online), the known so400m sizes. Returns
-    None when `mm_vision_tower` is not set.
+    Hub id's config.json in the Hub cache, the known so400m sizes (no network needed for the towers
+    LLaDA-V is released with), the Hub id online. Returns None when `mm_vision_tower` is not set.
     """
     if not mm_vision_tower:
         return None
@@ -85,15 +85,19 @@ def resolve_vision_config(mm_vision_tower: Optional[str], checkpoint: Optional[s
     for path in candidates:
         if path.is_file():
             return _vision_config_from_dict(json.loads(path.read_text()))
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", mm_vision_tower) and not os.path.exists(mm_vision_tower):
-        try:
-            from huggingface_hub import hf_hub_download
-
-            path = hf_hub_download(mm_vision_tower, "config.json")
-            return _vision_config_from_dict(json.loads(Path(path).read_text()))
-        except Exception:  # offline / not cached: fall back to the known sizes below
-            pass
+    is_hub_id = bool(re.fullmatch(r"[\w.-]+/[\w.-]+", mm_vision_tower)) and not os.path.exists(mm_vision_tower)
     name = mm_vision_tower.rstrip("/").split("/")[-1]
+    if is_hub_id:  # the Hub cache first (no network), then the known sizes, then the Hub itself
+        for local_only in (True, False):
+            if not local_only and name in KNOWN_SIGLIP_TOWERS:
+                break
+            try:
+                from huggingface_hub import hf_hub_download
+
+                path = hf_hub_download(mm_vision_tower, "config.json", local_files_only=local_only)
+                return _vision_config_from_dict(json.loads(Path(path).read_text()))
+            except Exception:  # not cached / offline / unreachable
+                continue
     if name in KNOWN_SIGLIP_TOWERS:
         return SiglipVisionConfig(**KNOWN_SIGLIP_TOWERS[name])
     raise ValueError(
