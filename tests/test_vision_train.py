@@ -192,12 +192,14 @@ def test_build_refuses_mismatched_inputs(workdir):
 
 
 @pytest.mark.slow
-def test_accelerate_launch_stage1(workdir, tmp_path):
-    """The real command: accelerate launch -m vision.train RECIPE key=value ..."""
+def test_accelerate_launch_two_processes_stage2(workdir, tmp_path):
+    """The real command, data-parallel over 2 CPU processes: accelerate launch -m vision.train RECIPE key=value ...
+    (stage 2 trains the tower too: its unused post-layernorm must stay frozen for DDP)."""
     recipe = tmp_path / "recipe.yaml"
-    recipe.write_text(f"stage: 1\nlanguage_model: {workdir / 'lm'}\nimage_aspect_ratio: pad\nmax_steps: 1\n"
-                      f"micro_batch_size: 2\nnum_threads: 1\n")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs/accelerate/cpu.yaml"),
+    recipe.write_text(f"stage: 2\nlanguage_model: {workdir / 'lm'}\nimage_aspect_ratio: pad\nmax_steps: 1\n"
+                      f"micro_batch_size: 1\nnum_threads: 1\nlr: 1e-3\nvision_tower_lr: 2e-4\n")  # YAML strings
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "configs/accelerate/cpu_2proc.yaml"),
            "-m", "vision.train", str(recipe), f"train_data=[{workdir / 'data.json'}]", f"image_folder={workdir / 'img'}",
            f"output_dir={tmp_path / 'out'}", "vision_config.hidden_size=16", "vision_config.intermediate_size=32",
            "vision_config.num_hidden_layers=2", "vision_config.num_attention_heads=2", "vision_config.image_size=28",
@@ -206,7 +208,8 @@ def test_accelerate_launch_stage1(workdir, tmp_path):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "out" / "final" / "model.safetensors").is_file()
-    assert json.loads((tmp_path / "out" / "final" / "training_summary.json").read_text())["steps"] == 1
+    summary = json.loads((tmp_path / "out" / "final" / "training_summary.json").read_text())
+    assert summary["steps"] == 1 and summary["processes"] == 2
 
 
 # ----------------------------------------------------------------------------------------- command line

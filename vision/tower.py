@@ -56,6 +56,10 @@ class SiglipVisionTower(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.vision_tower.embeddings.patch_embedding.weight.dtype
 
+    def unused_parameters(self) -> list:
+        """Parameters the features never pass through (post-layernorm: kept only so checkpoints round-trip)."""
+        return list(self.vision_tower.post_layernorm.parameters())
+
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         tower = self.vision_tower
         if pixel_values.dim() != 4 or pixel_values.shape[1:] != (3, self.image_size, self.image_size):
@@ -103,6 +107,18 @@ class OpenClipVisionTower(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.vision_tower.conv1.weight.dtype
+
+    def unused_parameters(self) -> list:
+        """Parameters after the selected layer (later blocks, final norm, pooling, projection)."""
+        tower, kept = self.vision_tower, kept_vision_layers(self.num_layers, self.select_layer)
+        used = {id(p) for p in tower.conv1.parameters()}
+        for name in ("class_embedding", "positional_embedding"):
+            if getattr(tower, name, None) is not None:
+                used.add(id(getattr(tower, name)))
+        for module in (getattr(tower, "ln_pre", None), *tower.transformer.resblocks[:kept]):
+            if module is not None:
+                used.update(id(p) for p in module.parameters())
+        return [p for p in tower.parameters() if id(p) not in used]
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         index = kept_vision_layers(self.num_layers, self.select_layer) - 1

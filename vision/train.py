@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -40,6 +41,8 @@ import torch
 from torch import nn
 
 STAGES = (1, 2)
+_FLOAT_FIELDS = ("lr", "vision_tower_lr", "weight_decay", "adam_beta1", "adam_beta2", "adam_eps", "max_grad_norm",
+                 "decay_fraction", "min_lr_ratio", "mask_eps", "num_epochs")
 
 
 @dataclass
@@ -96,6 +99,13 @@ class VisionTrainConfig:
 
     def __post_init__(self) -> None:
         problems = []
+        for name in _FLOAT_FIELDS:  # YAML reads "1e-3" (no dot) as a string
+            value = getattr(self, name)
+            if isinstance(value, str):
+                try:
+                    setattr(self, name, float(value))
+                except ValueError:
+                    problems.append(f"{name}={value!r} is not a number")
         if self.stage not in STAGES:
             problems.append(f"stage={self.stage!r} (expected 1 or 2)")
         built = self.language_model is not None
@@ -221,12 +231,16 @@ def set_trainable(model, config: VisionTrainConfig) -> list[dict]:
     Stage 1: mm_projector (+ image_newline when `train_image_newline`) at `lr`; the rest frozen.
     Stage 2: everything; the vision tower in its own group at `vision_tower_lr` (default `lr`).
     """
+    unused = {id(p) for p in model.model.vision_tower.unused_parameters()}  # never trained (DDP needs this)
     tower = {id(p) for p in model.model.vision_tower.parameters()}
     connector = {id(p) for p in model.model.mm_projector.parameters()}
     if model.model.image_newline is not None and (config.stage == 2 or config.train_image_newline):
         connector.add(id(model.model.image_newline))
     groups: dict[str, list] = {"vision_tower": [], "connector": [], "language_model": []}
     for p in model.parameters():
+        if id(p) in unused:
+            p.requires_grad_(False)
+            continue
         if id(p) in tower:
             groups["vision_tower"].append(p)
         elif id(p) in connector:
@@ -316,12 +330,17 @@ def train(config: VisionTrainConfig) -> Path:
 
     if config.num_threads:
         torch.set_num_threads(config.num_threads)
-    accelerator = Accelerator(
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
-        mixed_precision=config.mixed_precision,
-        log_with=config.log_with,
-        project_dir=config.output_dir,
-    )
+    accel_kwargs: dict = dict(gradient_accumulation_steps=config.gradient_accumulation_steps,
+                              mixed_precision=config.mixed_precision, log_with=config.log_with,
+                              project_dir=config.output_dir)
+    if not torch.cuda.is_available():  # as llada.train: CPU processes join over gloo
+        if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
+            from accelerate.utils import InitProcessGroupKwargs
+
+            accel_kwargs["kwargs_handlers"] = [InitProcessGroupKwargs(backend="gloo")]
+        else:
+            accel_kwargs["cpu"] = True
+    accelerator = Accelerator(**accel_kwargs)
     log = accelerator.print
     torch.manual_seed(config.seed)
     model, tokenizer = load_model_and_tokenizer(config)
@@ -440,8 +459,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("recipe", nargs="?", help="YAML recipe (VisionTrainConfig fields)")
     parser.add_argument("overrides", nargs="*", help="key=value overrides, e.g. stage=2 lr=1e-5")
     args = parser.parse_args(argv)
+    recipe, overrides = args.recipe, list(args.overrides)
+    if recipe is not None and "=" in recipe and not Path(recipe).is_file():  # no recipe, only key=value
+        recipe, overrides = None, [recipe] + overrides
     try:
-        train(VisionTrainConfig.from_yaml_and_overrides(args.recipe, args.overrides))
+        train(VisionTrainConfig.from_yaml_and_overrides(recipe, overrides))
     except (ValueError, VisionDataError, ImageError) as err:
         print(f"vision.train: error: {err}", file=sys.stderr)
         return 2
