@@ -32,6 +32,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelF
 
 import llada  # noqa: F401  (registers the text model first)
 
+from . import conversation  # noqa: F401  (vision.conversation.encode_prompt, build_messages)
 from .configuration_llava_llada import LlavaLLaDAConfig
 from .image_processing import ImageError, ImageProcessingConfig, load_image, process_image, process_images
 from .merging import merge_image_features, num_image_tokens, splice_image_features
