@@ -72,16 +72,6 @@ class SamplerConfig:
     def steps_per_block(self) -> int:
         return self.steps // self.num_blocks
 
-    @property
-    def is_exact(self) -> bool:
-        """True when no approximation is on (the reference algorithm, token for token)."""
-        return (
-            self.threshold is None
-            and self.factor is None
-            and (self.cache == "none" or self.cache_refresh_interval == 1)
-            and not self.early_stop
-        )
-
     def validate(self) -> "SamplerConfig":
         """Raise ValueError naming the first bad setting; returns self."""
         for name in ("steps", "gen_length", "block_length"):
@@ -128,7 +118,14 @@ class SamplerConfig:
         unknown = set(changes) - {f.name for f in fields(self)}
         if unknown:
             raise TypeError(f"unknown sampler setting(s): {', '.join(sorted(unknown))}")
+        if "suppress_tokens" in changes and changes["suppress_tokens"] is not None:
+            changes["suppress_tokens"] = tuple(changes["suppress_tokens"])
         return replace(self, **changes)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "SamplerConfig":
+        """Build from a mapping (a YAML section); unknown keys are a TypeError naming them."""
+        return cls().replace(**dict(values)).validate()
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

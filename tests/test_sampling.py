@@ -114,3 +114,27 @@ def test_pad_equal_to_mask_is_refused(tiny_model):
 
     with pytest.raises(ValueError, match="pad_token_id"):
         sampling.generate(Wrapped(), prompt[1:], steps=4, gen_length=4, block_length=4)
+
+
+def test_bench_reference_port_is_the_reference(tiny_model, tiny_expected):
+    """bench/sampling.py's naive baseline is the official generate.py: it must reproduce the fixture too."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "sampling.py"
+    spec = importlib.util.spec_from_file_location("bench_sampling", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    prompt, mask, settings, expected = case_args(tiny_expected, "gen_batch")
+    assert torch.equal(bench.reference_generate(tiny_model, prompt, mask, **settings), expected)
+
+
+def test_config_from_dict_round_trip():
+    cfg = SamplerConfig.from_dict({"steps": 8, "gen_length": 16, "block_length": 8, "suppress_tokens": [3, 4],
+                                   "cache": "dual", "threshold": 0.9})
+    assert cfg.suppress_tokens == (3, 4) and cfg.num_blocks == 2 and cfg.steps_per_block == 4
+    assert SamplerConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(TypeError, match="blocklength"):
+        SamplerConfig.from_dict({"blocklength": 4})
+    with pytest.raises(ValueError, match="cache"):
+        SamplerConfig.from_dict({"cache": "full"})

