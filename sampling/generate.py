@@ -252,7 +252,8 @@ def _prepare(
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must have shape (batch, prompt_length), got {tuple(input_ids.shape)}")
         B, P = input_ids.shape
-        device = input_ids.device
+        device = getattr(denoiser, "device", None) or input_ids.device
+        input_ids = input_ids.to(device)
     mask_id = denoiser.mask_token_id
     if denoiser.pad_token_id is not None and denoiser.pad_token_id == mask_id:
         raise ValueError(
