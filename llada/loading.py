@@ -25,7 +25,7 @@ LLAMA_KEY_MAPPING: dict[str, str] = {
     r"^model\.embed_tokens\.": "model.transformer.wte.",
     r"^model\.layers\.": "model.transformer.blocks.",
     r"\.self_attn\.o_proj\.": ".attn_out.",
-    r"\.self_attn\.(?=[qkv]_proj\.)": ".",
+    r"^(model\.(?:layers|transformer\.blocks)\.\d+)\.self_attn\.(?=[qkv]_proj\.)": r"\1.",
     r"\.mlp\.gate_proj\.": ".ff_proj.",
     r"\.mlp\.up_proj\.": ".up_proj.",
     r"\.mlp\.down_proj\.": ".ff_out.",

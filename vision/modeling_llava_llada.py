@@ -36,19 +36,10 @@ from .configuration_llava_llada import LlavaLLaDAConfig
 from .merging import SplicedBatch, merge_image_features, splice_image_features
 from .tower import build_projector, build_vision_tower
 
-#: Loading renames: the vision tower's attention keys (`...self_attn.{q,k,v}_proj`) are parked under a
-#: name the language-model table does not touch, `llada.LLAMA_KEY_MAPPING` renames the language model,
-#: then the tower's names are restored. (The table's `self_attn.{q,k,v}_proj` rule is unanchored.)
-_PARK = (r"^(model\.vision_tower\..*?)\.self_attn\.", r"\1.siglip_self_attn.")
-_UNPARK = (r"^(model\.vision_tower\..*?)\.siglip_self_attn\.", r"\1.self_attn.")
-
-
 def llava_llada_key_mapping() -> dict[str, str]:
-    """The key renames applied while loading a LLaDA-V checkpoint (regex -> replacement, in order)."""
-    mapping = {_PARK[0]: _PARK[1]}
-    mapping.update(LLAMA_KEY_MAPPING)
-    mapping[_UNPARK[0]] = _UNPARK[1]
-    return mapping
+    """The key renames applied while loading a LLaDA-V checkpoint: `llada.LLAMA_KEY_MAPPING` (its rules
+    touch only the language model's keys; the SigLIP tower's `self_attn.{q,k,v}_proj` keep their names)."""
+    return dict(LLAMA_KEY_MAPPING)
 
 
 @dataclass
