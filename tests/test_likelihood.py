@@ -180,6 +180,16 @@ def test_adaptive_stops_once_standard_error_is_below_tolerance(small_model):
     assert r.num_samples == 32 and r.std_error > 1e-9
 
 
+def test_standard_error_upper_bound_uses_the_chi_square_quantile():
+    from llada.likelihood import standard_error_upper_bound
+
+    # sqrt(k / chi2_{0.1}(k)) with chi2_{0.1}(3) = 0.5844, chi2_{0.1}(15) = 8.5468, chi2_{0.1}(63) = 49.11
+    assert standard_error_upper_bound(1.0, 4) == pytest.approx(math.sqrt(3 / 0.5844), rel=0.02)
+    assert standard_error_upper_bound(2.0, 16) == pytest.approx(2 * math.sqrt(15 / 8.5468), rel=0.01)
+    assert standard_error_upper_bound(1.0, 64) == pytest.approx(math.sqrt(63 / 49.11), rel=0.01)
+    assert standard_error_upper_bound(1.0, 1) == float("inf")
+
+
 # ------------------------------------------------------------------------------------------- shared draws (VRPO)
 
 
