@@ -24,7 +24,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -99,6 +99,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, full_preci
     rotated = torch.cat((-x2, x1), dim=-1)
     out = x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
     return out.to(dtype)
+
+
+def _positions(keep: Union[int, slice, torch.Tensor]) -> Union[slice, torch.Tensor]:
+    """`logits_to_keep` as an index along the sequence: int k -> the last k positions (0 -> all)."""
+    if isinstance(keep, int):
+        return slice(-keep, None) if keep > 0 else slice(None)
+    return keep
 
 
 class LLaDABlock(nn.Module):
@@ -207,6 +214,7 @@ class LLaDAModel(LLaDAPreTrainedModel):
         past_key_values: Optional[KVCache] = None,
         use_cache: bool = False,
         output_hidden_states: bool = False,
+        logits_to_keep: Union[int, slice, torch.Tensor, None] = None,
         **kwargs,
     ) -> LLaDAOutput:
         """Embeddings -> blocks -> final norm -> LM head. See `LLaDAModelLM` for the arguments."""
@@ -264,6 +272,8 @@ class LLaDAModel(LLaDAPreTrainedModel):
             if output_hidden_states:
                 hidden_states += (x,)
         x = t["ln_f"](x)
+        if logits_to_keep is not None:
+            x = x[:, _positions(logits_to_keep)]
         head = t["wte"].weight if self.config.weight_tying else t["ff_out"].weight
         logits = F.linear(x, head)
 
@@ -290,6 +300,8 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
     - `past_key_values`: per-layer (key, value) of positions computed earlier (RoPE applied); the current
       tokens attend to them and to themselves. The attention mask, if given, then covers the cached keys
       followed by the current ones.
+    - `logits_to_keep`: compute the LM head only where needed: an int k keeps the last k positions (0: all),
+      a slice or a 1-D index tensor selects positions (the sampler asks for the current block only).
     """
 
     _tied_weights_keys: dict = {}
@@ -373,6 +385,7 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
         labels: Optional[torch.LongTensor] = None,
         output_hidden_states: bool = False,
         return_dict: Optional[bool] = None,
+        logits_to_keep: Union[int, slice, torch.Tensor, None] = None,
         **kwargs,
     ) -> LLaDAOutput:
         out = self.model(
@@ -383,7 +396,10 @@ class LLaDAModelLM(LLaDAPreTrainedModel):
             past_key_values=past_key_values,
             use_cache=use_cache,
             output_hidden_states=output_hidden_states,
+            logits_to_keep=logits_to_keep,
         )
+        if labels is not None and logits_to_keep is not None:
+            raise ValueError("LLaDAModelLM.forward: labels need the logits of every position; drop logits_to_keep")
         logits = out.logits
         loss = None
         if labels is not None:

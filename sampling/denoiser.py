@@ -67,6 +67,8 @@ class Denoiser:
         eos_token_id, pad_token_id: from the model config (None when absent).
         max_sequence_length: longest sequence the model accepts (None = unbounded).
         supports_cache: whether `past_key_values` / `use_cache` are accepted.
+        supports_logits_slice: whether `__call__` takes `logits_slice=slice(a, b)` and then returns only the
+            logits of those positions (the sampler uses the current block's logits only).
         device: where the sampler puts x.
     """
 
@@ -75,6 +77,7 @@ class Denoiser:
     pad_token_id: Optional[int] = None
     max_sequence_length: Optional[int] = None
     supports_cache: bool = True
+    supports_logits_slice: bool = False
     device: torch.device = torch.device("cpu")
 
     def __call__(
@@ -114,7 +117,10 @@ class TokenDenoiser(Denoiser):
         except (StopIteration, AttributeError):
             self.device = torch.device("cpu")
 
-    def _forward(self, *, input_ids=None, inputs_embeds=None, attention_mask, start, past_key_values, use_cache):
+    supports_logits_slice = True  # the wrapped model takes `logits_to_keep`
+
+    def _forward(self, *, input_ids=None, inputs_embeds=None, attention_mask, start, past_key_values, use_cache,
+                 logits_slice=None):
         length = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         kwargs: dict[str, Any] = {}
         if past_key_values is not None or use_cache or start:
@@ -128,12 +134,16 @@ class TokenDenoiser(Denoiser):
             )
         if attention_mask is not None and bool(attention_mask.bool().all()):
             attention_mask = None
+        if logits_slice is not None:
+            kwargs["logits_to_keep"] = logits_slice
         out = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
         return DenoiserOutput(logits=out.logits, past_key_values=getattr(out, "past_key_values", None) if use_cache else None)
 
-    def __call__(self, x, attention_mask=None, *, start=0, past_key_values=None, use_cache=False) -> DenoiserOutput:
+    def __call__(self, x, attention_mask=None, *, start=0, past_key_values=None, use_cache=False,
+                 logits_slice=None) -> DenoiserOutput:
         return self._forward(
-            input_ids=x, attention_mask=attention_mask, start=start, past_key_values=past_key_values, use_cache=use_cache
+            input_ids=x, attention_mask=attention_mask, start=start, past_key_values=past_key_values, use_cache=use_cache,
+            logits_slice=logits_slice,
         )
 
     def with_prompt_embeds(self, prompt_embeds: torch.Tensor) -> "EmbeddingsDenoiser":
@@ -189,13 +199,15 @@ class EmbeddingsDenoiser(TokenDenoiser):
             emb[:, :n] = torch.where(keep_prompt, prompt, emb[:, :n])
         return emb
 
-    def __call__(self, x, attention_mask=None, *, start=0, past_key_values=None, use_cache=False) -> DenoiserOutput:
+    def __call__(self, x, attention_mask=None, *, start=0, past_key_values=None, use_cache=False,
+                 logits_slice=None) -> DenoiserOutput:
         return self._forward(
             inputs_embeds=self.embed(x, start),
             attention_mask=attention_mask,
             start=start,
             past_key_values=past_key_values,
             use_cache=use_cache,
+            logits_slice=logits_slice,
         )
 
     def with_prompt_embeds(self, prompt_embeds: torch.Tensor) -> "EmbeddingsDenoiser":

@@ -140,11 +140,13 @@ class _Sampler:
         interval = self.cfg.cache_refresh_interval
         refresh = mode == "none" or step == 0 or self.cache is None or (interval is not None and step % interval == 0)
         self.nfe += 1
+        # only the block's logits are used: models that can skip the LM head elsewhere are asked to
+        block_only = {"logits_slice": slice(bs, be)} if getattr(self.d, "supports_logits_slice", False) else {}
         if mode == "none":
-            out = self.d(x_in, am)
-            return self._combine(out.logits[:, bs:be])
+            out = self.d(x_in, am, **block_only)
+            return self._combine(out.logits if block_only else out.logits[:, bs:be])
         if refresh:
-            out = self.d(x_in, am, use_cache=True)
+            out = self.d(x_in, am, use_cache=True, **block_only)
             kv = out.past_key_values
             if kv is None:
                 raise ValueError(f"cache={mode!r}: the model returned no past_key_values with use_cache=True")
@@ -155,7 +157,7 @@ class _Sampler:
                     (torch.cat([k[:, :, :bs], k[:, :, be:]], dim=2), torch.cat([v[:, :, :bs], v[:, :, be:]], dim=2))
                     for k, v in kv
                 )
-            return self._combine(out.logits[:, bs:be])
+            return self._combine(out.logits if block_only else out.logits[:, bs:be])
         if mode == "prefix":
             am_step = am  # cached prefix keys first, then positions bs..T-1: the natural order
             out = self.d(x_in[:, bs:], am_step, start=bs, past_key_values=self.cache)

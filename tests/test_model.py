@@ -380,3 +380,15 @@ def test_bitsandbytes_quantization(tmp_path, bits):
         a, b = q(ids).logits.float().flatten(), ref(ids).logits.flatten()
     # NF4 of Gaussian-initialised weights keeps the logits ~0.98 correlated; 8-bit ~0.999
     assert torch.corrcoef(torch.stack([a, b]))[0, 1] > (0.99 if bits == 8 else 0.95)
+
+
+def test_logits_to_keep(tiny_model):
+    ids = torch.randint(0, 1000, (2, 9))
+    with torch.no_grad():
+        full = tiny_model(ids).logits
+        assert torch.allclose(tiny_model(ids, logits_to_keep=3).logits, full[:, -3:], atol=1e-6)
+        assert torch.allclose(tiny_model(ids, logits_to_keep=slice(2, 5)).logits, full[:, 2:5], atol=1e-6)
+        assert torch.allclose(tiny_model(ids, logits_to_keep=torch.tensor([0, 8])).logits, full[:, [0, 8]], atol=1e-6)
+        assert torch.equal(tiny_model(ids, logits_to_keep=0).logits, full)
+    with pytest.raises(ValueError, match="labels"):
+        tiny_model(ids, labels=ids, logits_to_keep=2)
