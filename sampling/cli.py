@@ -165,7 +165,16 @@ def _special(tokenizer, model, cfg: SamplerConfig) -> SamplerConfig:
 
 
 def generate_main(argv: Optional[Sequence[str]] = None) -> int:
-    """`llada generate`: sample completions for one or more prompts (a left-padded batch)."""
+    """`llada generate`: sample completions for one or more prompts (a left-padded batch).
+
+    With `--image FILE` the request goes to the LLaDA-V command (`vision.cli.generate_main`), which takes the
+    same sampler flags plus the image options.
+    """
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if any(a == "--image" or a.startswith("--image=") for a in args_list):
+        from vision.cli import generate_main as vision_generate_main
+
+        return vision_generate_main(args_list)
     parser = argparse.ArgumentParser(prog="llada generate", description="Sample from a LLaDA model.",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _common_arguments(parser)

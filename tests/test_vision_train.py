@@ -231,3 +231,8 @@ def test_vision_cli_answers_and_reports_bad_images(workdir, tmp_path, capsys):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     assert generate_main(args[:2] + ["--image", str(tmp_path / "bad.png")] + args[4:]) == 2
     assert "bad.png: not an image file" in capsys.readouterr().err
+    # `llada generate --image ...` is the same command
+    from sampling.cli import generate_main as llada_generate
+
+    assert llada_generate(args) == 0
+    assert "nfe" in capsys.readouterr().err
