@@ -251,6 +251,13 @@ def test_generate_until_uses_the_sampler_and_stops(adapter):
     assert len(adapter.generate_until(reqs)) == 3
 
 
+def test_long_contexts_are_cut_from_the_left(adapter):
+    m = adapter.max_length
+    assert adapter._fit(list(range(2 * m)), [1, 2]) == list(range(2 * m))[-(m - 2):]
+    with pytest.raises(ValueError, match="continuation has"):
+        adapter._fit([1], list(range(m + 1)))
+
+
 def test_model_args_are_checked(eval_model_dir):
     from eval.lm_eval_adapter import LLaDAEvalModel
 
