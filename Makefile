@@ -1,6 +1,8 @@
 # Two commands for a fresh machine (see README):
-#   make demo   set up .venv and run the main job on the embedded default model
+#   make demo   set up .venv and serve the Gradio demo on the embedded default model (http://127.0.0.1:7860)
 #   make test   set up .venv and run the whole test suite
+# and, for a one-shot answer in the terminal:
+#   make generate PROMPT="What is 12 + 35?"
 # Both create the virtual environment from nothing when it is missing, and reinstall when pyproject.toml changes.
 
 PYTHON ?= python3
@@ -19,10 +21,12 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
-# The main job: sample from the embedded default model (falls back to the reference fixture checkpoint,
-# which has no tokenizer, when the embedded model is not there).
+# The main job: the chat demo on the embedded default model, watching the denoising step by step.
 demo: $(STAMP)
-	$(BIN)/python -m llada.quickstart --prompt "$(PROMPT)"
+	$(BIN)/llada demo $(DEMO_ARGS)
+
+generate: $(STAMP)
+	$(BIN)/llada generate --prompt "$(PROMPT)"
 
 # Debian's Chromium for the browser test of the demo (Playwright drives it; no browser download).
 browser:
