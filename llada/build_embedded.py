@@ -103,6 +103,7 @@ def install(final_dir: Path, role: str) -> Path:
     for f in final_dir.iterdir():
         if f.is_file() and f.name != "training_summary.json":
             shutil.copy2(f, target / f.name)
+            (target / f.name).chmod(0o644)
     return target
 
 

@@ -358,6 +358,42 @@ def micro_batch_positions(step: int, micro: int, config: TrainConfig, process: i
     return range(start, start + mb)
 
 
+def build_micro_batch(config: TrainConfig, examples: Sequence, order: DataOrder, step: int, micro: int, rank: int,
+                      num_processes: int, pad_id: int) -> dict:
+    """This process's share of micro-batch `micro` of optimizer step `step`: input_ids (after the pretraining
+    random-length cut), prompt_lengths (SFT) and one noise generator per row.
+
+    Everything depends only on (seed, step, micro, global positions), so the union over processes is exactly the
+    micro-batch a single process with `num_processes` times the micro-batch size builds: SFT rows are padded to
+    the longest row of the *global* micro-batch, the random-length cut is drawn from (seed, step, micro).
+    """
+    positions = micro_batch_positions(step, micro, config, rank, num_processes)
+    rows = [examples[order.index(p)] for p in positions]
+    generators = [_generator(config.seed, "noise", p) for p in positions]
+    if config.task == "pretrain":
+        input_ids = collate_pretraining(rows)["input_ids"]
+        input_ids = random_length_cut(input_ids, probability=config.random_length_probability,
+                                      generator=_generator(config.seed, "cut", step, micro))
+        return {"input_ids": input_ids, "generators": generators}
+    pad_to = config.sft_pad_to
+    if pad_to is None:
+        pad_to = max(len(examples[order.index(p)].input_ids)
+                     for r in range(num_processes) for p in micro_batch_positions(step, micro, config, r, num_processes))
+    batch = collate_sft(rows, pad_id, pad_to=pad_to)
+    return {"input_ids": batch["input_ids"], "prompt_lengths": batch["prompt_lengths"], "generators": generators}
+
+
+def micro_batch_loss(model, batch: dict, config: TrainConfig, mask_token_id: int, device=None):
+    """The LLaDA loss of one micro-batch (`pretraining_objective` or `sft_objective`)."""
+    input_ids = batch["input_ids"].to(device) if device is not None else batch["input_ids"]
+    if config.task == "pretrain":
+        return pretraining_objective(model, input_ids, mask_token_id=mask_token_id, eps=config.mask_eps,
+                                     generator=batch["generators"])
+    prompt_lengths = batch["prompt_lengths"].to(input_ids.device)
+    return sft_objective(model, input_ids, prompt_lengths, mask_token_id=mask_token_id, eps=config.mask_eps,
+                         generator=batch["generators"])
+
+
 # --------------------------------------------------------------------------- checkpoints
 def _checkpoint_dirs(output_dir: Path) -> list[Path]:
     found = []
@@ -536,24 +572,11 @@ def train(config: TrainConfig) -> Path:
             group["lr"] = lr
         grad_norm = None
         for micro in range(config.gradient_accumulation_steps):
-            positions = micro_batch_positions(step, micro, config, rank, P)
-            batch_examples = [examples[order.index(p)] for p in positions]
-            generators = [_generator(config.seed, "noise", p) for p in positions]
+            batch = build_micro_batch(config, examples, order, step, micro, rank, P, ids.pad)
             with accelerator.accumulate(model):
-                if config.task == "pretrain":
-                    input_ids = collate_pretraining(batch_examples)["input_ids"]
-                    input_ids = random_length_cut(input_ids, probability=config.random_length_probability,
-                                                  generator=_generator(config.seed, "cut", step, micro))
-                    input_ids = input_ids.to(accelerator.device)
-                    with accelerator.autocast():
-                        out = pretraining_objective(model, input_ids, mask_token_id=mask_id, eps=config.mask_eps,
-                                                    generator=generators)
-                else:
-                    batch = collate_sft(batch_examples, ids.pad, pad_to=config.sft_pad_to)
-                    input_ids = batch["input_ids"].to(accelerator.device)
-                    with accelerator.autocast():
-                        out = sft_objective(model, input_ids, batch["prompt_lengths"].to(accelerator.device),
-                                            mask_token_id=mask_id, eps=config.mask_eps, generator=generators)
+                with accelerator.autocast():
+                    out = micro_batch_loss(model, batch, config, mask_id, accelerator.device)
+                input_ids = batch["input_ids"]
                 accelerator.backward(out.loss)
                 if accelerator.sync_gradients and config.max_grad_norm > 0:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
