@@ -1,0 +1,92 @@
+"""VRPO on the embedded instruct model, end to end, with naive DPO as the comparison (LLaDA 1.5 on a CPU).
+
+    python bench/vrpo.py [--work runs/vrpo] [--prompts 600] [--epochs 2] [--install]
+
+1. `alignment.collect`: sample the embedded instruct model on training-split prompts of the synthetic corpus
+   (temperature 1, 4 samples); a right sample is `chosen`, a wrong one `rejected` (the corpus' reference
+   answer is chosen when no sample is right).
+2. `alignment.train` twice through `accelerate launch`, same pairs, same steps, same seed:
+   VRPO (n = 8, n_t = 8 x n_yt = 1, antithetic) and naive DPO on ELBOs (n = 1, independent draws).
+3. `bench/embedded_accuracy.py`: held-out accuracy per task family of the SFT model and of both aligned models.
+4. `alignment.variance`: the Table 2 settings (R = 8 repeats) for the VRPO policy against its reference.
+5. Everything (commands, wall times, accuracies, the variance table) goes to WORK/report.md;
+   --install copies the VRPO model into llada/embedded/llada-mini-vrpo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(cmd: list[str], log: list[dict]) -> None:
+    print("$ " + shlex.join(cmd), flush=True)
+    t0 = time.time()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    log.append({"command": shlex.join(cmd), "wall_seconds": round(time.time() - t0, 1)})
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
+    ap.add_argument("--work", default="runs/vrpo")
+    ap.add_argument("--model", default="llada/embedded/llada-mini-instruct")
+    ap.add_argument("--prompts", type=int, default=600)
+    ap.add_argument("--epochs", type=float, default=2.0)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--variance-pairs", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--install", action="store_true")
+    args = ap.parse_args()
+    work = (ROOT / args.work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    py = sys.executable
+    log: list[dict] = []
+    prefs = work / "prefs.jsonl"
+    run([py, "-m", "alignment.collect", "--model", args.model, "--out", str(prefs), "--prompts", str(args.prompts),
+         "--samples", "4", "--temperature", "1.0", "--reference-chosen", "--threads", str(args.threads)], log)
+    common = [f"model_name_or_path={args.model}", f"train_data=[{prefs}]", f"num_epochs={args.epochs}",
+              f"lr={args.lr}", "log_with=null", f"num_threads={args.threads}", "save_steps=0", "seed=0"]
+    launch = [py, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu.yaml",
+              "-m", "alignment.train", "configs/recipes/vrpo_embedded.yaml"]
+    runs = {"vrpo": ["budget=8", "antithetic=true"], "naive_dpo": ["budget=1", "antithetic=false"]}
+    for name, extra in runs.items():
+        run(launch + common + [f"output_dir={work / name}"] + extra, log)
+    accuracy = {}
+    for name, path in [("sft", args.model), ("vrpo", str(work / "vrpo" / "final")),
+                       ("naive_dpo", str(work / "naive_dpo" / "final"))]:
+        out = work / f"accuracy_{name}.json"
+        run([py, "bench/embedded_accuracy.py", path, "--out", str(out), "--threads", str(args.threads)], log)
+        accuracy[name] = json.loads(out.read_text())
+    table = work / "variance.md"
+    run([py, "-m", "alignment.variance", "--policy", str(work / "vrpo" / "final"), "--reference", args.model,
+         "--pairs", str(prefs), "--max-pairs", str(args.variance_pairs), "--repeats", "8",
+         "--threads", str(args.threads), "--output", str(table)], log)
+
+    families = sorted(accuracy["sft"]["per_family"])
+    lines = [f"## VRPO on the embedded model ({time.strftime('%Y-%m-%d')}, CPU, {args.threads} threads)", "",
+             "| model | " + " | ".join(families) + " | overall |", "|---" * (len(families) + 2) + "|"]
+    for name, res in accuracy.items():
+        cells = [f"{100 * res['per_family'][f]['accuracy']:.1f}" for f in families]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * res['overall']:.1f} |")
+    lines += ["", "Variance (policy = the VRPO model, reference = the SFT model):", "", table.read_text(), "",
+              "Commands and wall times:", ""]
+    lines += [f"- `{e['command']}` ({e['wall_seconds']} s)" for e in log]
+    (work / "report.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    if args.install:
+        dst = ROOT / "llada" / "embedded" / "llada-mini-vrpo"
+        shutil.rmtree(dst, ignore_errors=True)
+        shutil.copytree(work / "vrpo" / "final", dst, ignore=shutil.ignore_patterns("training_summary.json"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
