@@ -5,7 +5,8 @@
 1. `llada.corpus` writes the seeded synthetic corpus (pretrain.jsonl, sft_train.jsonl, heldout.jsonl).
 2. `train_tokenizer` trains a byte-level BPE (`tokenizers`) on it, with LLaDA's special tokens and the
    Instruct chat template, saved as a transformers tokenizer (loadable offline by AutoTokenizer).
-3. Pretraining of llada-mini-base and SFT of llada-mini-instruct, each by the real command
+3. Pretraining of llada-mini-base, then SFT of llada-mini-instruct in two stages (the easy families, then
+   everything; see configs/recipes/embedded_sft_stage1.yaml), each by the real command
        accelerate launch --config_file configs/accelerate/cpu.yaml -m llada.train configs/recipes/<recipe>.yaml ...
    (commands and wall times are written to WORK/build_log.json).
 4. `bench/embedded_accuracy.py` measures held-out accuracy per task family with the sampler (a separate
@@ -90,7 +91,8 @@ def run_logged(cmd: Sequence[str], log: dict, name: str, env: Optional[dict] = N
     print(f"$ {shlex.join(cmd)}", flush=True)
     start = time.time()
     subprocess.run(list(cmd), check=True, cwd=REPO, env=env)
-    log[name] = {"command": shlex.join(cmd), "wall_seconds": round(time.time() - start, 1),
+    command = shlex.join(cmd).replace(sys.executable, "python").replace(str(REPO) + "/", "")
+    log[name] = {"command": command, "wall_seconds": round(time.time() - start, 1),
                  "date": time.strftime("%Y-%m-%d")}
 
 
@@ -107,14 +109,51 @@ def install(final_dir: Path, role: str) -> Path:
     return target
 
 
+def model_card(role: str, final_dir: Path, log: dict, accuracy: Optional[dict]) -> str:
+    """README.md of an embedded model: what it is, how it was trained (commands, wall times), its accuracy."""
+    config = json.loads((final_dir / "config.json").read_text())
+    summary_path = final_dir / "training_summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    stage = "pretrain" if role == "base" else "sft"
+    lines = [
+        f"# {EMBEDDED_MODELS[role]}",
+        "",
+        "A small LLaDA masked diffusion model trained by this project on its seeded synthetic corpus "
+        "(`llada.corpus`), the default model of the suite when none is named. Not a general-purpose model.",
+        "",
+        f"- architecture: LLaDA (model_type `llada`), d_model {config['d_model']}, {config['n_layers']} layers, "
+        f"{config['n_heads']} heads, SwiGLU {config['mlp_hidden_size']}, vocabulary {config['vocab_size']} "
+        f"(byte-level BPE with LLaDA's special tokens; mask id {config['mask_token_id']}, EOS {config['eos_token_id']})",
+        f"- training: {stage}, {summary.get('steps', '?')} optimizer steps, final loss "
+        f"{summary.get('final_loss', float('nan')):.4f}, on CPU",
+    ]
+    for key in (["pretrain"] if role == "base" else ["pretrain", "sft1", "sft"]):
+        if key in log:
+            lines += [f"- {key} command: `{log[key]['command']}`",
+                      f"- {key} wall time: {log[key]['wall_seconds']:.0f} s ({log[key]['date']}, CPU, 1 thread)"]
+    if role == "instruct":
+        lines += ["- chat: the LLaDA Instruct chat template; trained for the sampler layout prompt + 32 positions "
+                  "(`sft_layout: left`, `sft_response_length: 32`): generate with gen_length 32 (steps 32, "
+                  "block_length 32) for the measured accuracy"]
+    if accuracy:
+        settings = accuracy["settings"]
+        lines += ["", f"Held-out accuracy (exact sampler, temperature 0, low-confidence remasking, gen_length "
+                      f"{settings['gen_length']}, steps {settings['steps']}, block_length {settings['block_length']}):",
+                  "", "| family | correct | accuracy |", "|---|---|---|"]
+        for family, r in sorted(accuracy["per_family"].items()):
+            lines.append(f"| {family} | {r['correct']}/{r['total']} | {100 * r['accuracy']:.1f}% |")
+    lines += ["", "Rebuild from scratch: `python -m llada.build_embedded --install`.", ""]
+    return "\n".join(lines)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m llada.build_embedded", description=__doc__.split("\n")[0])
     parser.add_argument("--work", default="runs/embedded", help="working folder (corpus, tokenizer, runs)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the training process (1: robust when the CPU is shared)")
     parser.add_argument("--install", action="store_true", help="copy the models into llada/embedded/")
-    parser.add_argument("--stages", default="corpus,tokenizer,pretrain,sft,eval",
-                        help="comma-separated subset of corpus,tokenizer,pretrain,sft,eval")
+    parser.add_argument("--stages", default="corpus,tokenizer,pretrain,sft1,sft,eval",
+                        help="comma-separated subset of corpus,tokenizer,pretrain,sft1,sft,eval")
     args = parser.parse_args(argv)
     stages = set(args.stages.split(","))
     work = (REPO / args.work) if not os.path.isabs(args.work) else Path(args.work)
@@ -138,10 +177,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         run_logged(launch + ["configs/recipes/embedded_pretrain.yaml", f"output_dir={work / 'base'}",
                              f"train_data=[{corpus_dir / 'pretrain.jsonl'}]", f"tokenizer_name_or_path={tok_dir}",
                              f"num_threads={args.threads}"], log, "pretrain", env)
+    if "sft1" in stages:
+        run_logged(launch + ["configs/recipes/embedded_sft_stage1.yaml", f"output_dir={work / 'instruct_stage1'}",
+                             f"train_data=[{corpus_dir / 'sft_stage1.jsonl'}]",
+                             f"model_name_or_path={work / 'base' / 'final'}", f"num_threads={args.threads}"],
+                   log, "sft1", env)
     if "sft" in stages:
         run_logged(launch + ["configs/recipes/embedded_sft.yaml", f"output_dir={work / 'instruct'}",
                              f"train_data=[{corpus_dir / 'sft_train.jsonl'}]",
-                             f"model_name_or_path={work / 'base' / 'final'}", f"num_threads={args.threads}"],
+                             f"model_name_or_path={work / 'instruct_stage1' / 'final'}", f"num_threads={args.threads}"],
                    log, "sft", env)
     log_path.write_text(json.dumps(log, indent=2) + "\n")
     if "eval" in stages:
@@ -150,8 +194,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "--threads", str(args.threads)], log, "eval", env)
     log_path.write_text(json.dumps(log, indent=2) + "\n")
     if args.install:
+        eval_path = work / "eval_instruct.json"
+        accuracy = json.loads(eval_path.read_text()) if eval_path.is_file() else None
         for role, sub in (("base", "base"), ("instruct", "instruct")):
-            print(f"installed {install(work / sub / 'final', role)}")
+            target = install(work / sub / "final", role)
+            if role == "instruct":  # the sampler settings the model was trained for (sft_response_length)
+                gen = json.loads((target / "generation_config.json").read_text())
+                gen.update(gen_length=32, steps=32, block_length=32)
+                (target / "generation_config.json").write_text(json.dumps(gen, indent=2) + "\n")
+            (target / "README.md").write_text(model_card(role, work / sub / "final", log,
+                                                         accuracy if role == "instruct" else None))
+            print(f"installed {target}")
     return 0
 
 

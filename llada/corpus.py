@@ -9,6 +9,7 @@ writes it again, byte for byte. Six task families, each example with a checkable
     subtraction  "What is 345 - 78?"                               -> "267"
     word_problem "Tom has 5 apples. He buys 3 more. How many apples does Tom have now?" -> "8"
     knowledge    "What is the capital of France?"                  -> "Paris"
+    parity       "Is 347 even or odd?"                             -> "odd"       (the easy family)
 
 Splits. An arithmetic / sorting / reversal instance belongs to the held-out split when a hash of its
 canonical content says so (`heldout_fraction`), so held-out instances never occur in any training text,
@@ -19,6 +20,8 @@ asked as a chat instruction in training: the instruct model answers them from wh
 Files written by `write_corpus` (`python -m llada.corpus OUT_DIR`):
     pretrain.jsonl   {"text": ...}                                   plain documents for pretraining
     sft_train.jsonl  {"messages": [...], "family", "answer"}          chat data (a few multi-turn)
+    sft_stage1.jsonl the rows of sft_train.jsonl of the `stage1_families` (curriculum: the instruct model is
+                     first tuned on the easy families, which teaches a small model to read the prompt at all)
     heldout.jsonl    {"prompt", "answer", "family", "messages"}       evaluation split
 """
 
@@ -34,7 +37,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-FAMILIES = ("reverse", "sort", "addition", "subtraction", "word_problem", "knowledge")
+FAMILIES = ("reverse", "sort", "addition", "subtraction", "word_problem", "knowledge", "parity")
 
 # --------------------------------------------------------------------------- knowledge facts
 #: (question, answer, statement) triples; the statement appears in the pretraining text.
@@ -97,10 +100,12 @@ class CorpusConfig:
     heldout_fraction: float = 0.2
     #: fraction of SFT examples that are two-turn dialogues
     multi_turn_fraction: float = 0.05
+    #: families of the first SFT stage (sft_stage1.jsonl)
+    stage1_families: tuple = ("parity", "knowledge")
     #: family mix of the SFT split (relative weights)
     family_weights: dict = field(
-        default_factory=lambda: {"reverse": 1.0, "sort": 1.0, "addition": 1.5, "subtraction": 1.5,
-                                 "word_problem": 1.5, "knowledge": 1.0}
+        default_factory=lambda: {"reverse": 1.0, "sort": 1.0, "addition": 1.0, "subtraction": 1.0,
+                                 "word_problem": 1.0, "knowledge": 1.5, "parity": 1.5}
     )
 
     def __post_init__(self) -> None:
@@ -165,6 +170,12 @@ def _arith(rng: random.Random, op: str) -> tuple[str, Example]:
     return key, Example(family, template.format(a=a, op=op, b=b), str(result))
 
 
+def _parity(rng: random.Random) -> tuple[str, Example]:
+    n = rng.randint(0, 999)
+    template = rng.choice(["Is {n} even or odd?", "Is {n} an even or an odd number?", "Is the number {n} even or odd?"])
+    return f"parity:{n}", Example("parity", template.format(n=n), "even" if n % 2 == 0 else "odd")
+
+
 def _word_problem(rng: random.Random) -> tuple[str, Example]:
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     he = _PRONOUN[name]
@@ -221,6 +232,8 @@ def generate_examples(
             key, ex = _arith(rng, "-")
         elif family == "word_problem":
             key, ex = _word_problem(rng)
+        elif family == "parity":
+            key, ex = _parity(rng)
         else:
             if not facts:
                 raise ValueError("knowledge examples need a non-empty fact list")
@@ -290,6 +303,9 @@ def _plain_sentence(ex: Example) -> str:
         return f"The letters {letters} backwards are {ex.answer}."
     if ex.family == "word_problem":
         return f"{ex.prompt} The answer is {ex.answer}."
+    if ex.family == "parity":
+        n = re.search(r"(\d+)", ex.prompt).group(1)
+        return f"{n} is an {ex.answer} number."
     return f"Q: {ex.prompt} A: {ex.answer}."
 
 
@@ -336,12 +352,15 @@ def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
 
 
 def write_corpus(out_dir: str | Path, config: Optional[CorpusConfig] = None) -> dict[str, Path]:
-    """Write pretrain.jsonl, sft_train.jsonl and heldout.jsonl (and corpus_config.json) to `out_dir`."""
+    """Write pretrain.jsonl, sft_train.jsonl, sft_stage1.jsonl, heldout.jsonl (and corpus_config.json) to `out_dir`."""
     config = config or CorpusConfig()
     out = Path(out_dir)
-    paths = {"pretrain": out / "pretrain.jsonl", "sft_train": out / "sft_train.jsonl", "heldout": out / "heldout.jsonl"}
+    paths = {"pretrain": out / "pretrain.jsonl", "sft_train": out / "sft_train.jsonl",
+             "sft_stage1": out / "sft_stage1.jsonl", "heldout": out / "heldout.jsonl"}
     write_jsonl(paths["pretrain"], pretrain_split(config))
-    write_jsonl(paths["sft_train"], sft_train_split(config))
+    sft = sft_train_split(config)
+    write_jsonl(paths["sft_train"], sft)
+    write_jsonl(paths["sft_stage1"], [r for r in sft if r["family"] in config.stage1_families])
     write_jsonl(paths["heldout"], heldout_split(config))
     (out / "corpus_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     return paths

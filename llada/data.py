@@ -270,13 +270,15 @@ def tokenize_sft(
     too_long: str = "truncate",
     bad_rows: str = "error",
     stats: Optional[DataStats] = None,
+    max_response_length: Optional[int] = None,
 ) -> list[SFTExample]:
     """SFT examples with the chat template: one per assistant turn (the history as prompt).
 
     prompt = template(history, add_generation_prompt=True); response = the rest of
     template(history + [assistant turn]) (the answer and its `<|eot_id|>`). An example longer than
     `seq_len` has its response truncated (`too_long: truncate`; a prompt that leaves no room for a response
-    is skipped and counted), is skipped (`skip`), or is refused (`error`).
+    is skipped and counted), is skipped (`skip`), or is refused (`error`). `max_response_length` (the
+    left-padded layout's fixed response length) limits the response the same way.
     """
     stats = stats if stats is not None else DataStats()
     template = chat_template_of(tokenizer)
@@ -309,6 +311,16 @@ def tokenize_sft(
     examples = []
     for w, p, r in zip(where, p_ids, r_ids):
         p, r = list(p), list(r)
+        if max_response_length is not None and len(r) > max_response_length:
+            if too_long == "error":
+                raise DataError(f"{w}: response is {len(r)} tokens, longer than sft_response_length="
+                                f"{max_response_length} (set too_long=truncate or too_long=skip)")
+            if too_long == "skip":
+                stats.skipped_too_long += 1
+                stats.note_skip(f"{w}: response of {len(r)} tokens > {max_response_length}, skipped")
+                continue
+            stats.truncated += 1
+            r = r[:max_response_length]
         if len(p) + len(r) > seq_len:
             if too_long == "error":
                 raise DataError(f"{w}: prompt + response is {len(p) + len(r)} tokens, longer than "
@@ -344,6 +356,36 @@ def collate_sft(examples: Sequence[SFTExample], pad_id: int, *, pad_to: Optional
     return {"input_ids": ids, "prompt_lengths": torch.tensor([e.prompt_length for e in examples], dtype=torch.long)}
 
 
+def collate_sft_left(examples: Sequence[SFTExample], pad_id: int, *, response_length: int,
+                     prompt_width: Optional[int] = None) -> dict:
+    """The sampler's layout: prompts left-padded (attention mask 0 on the padding) to a common width P, each
+    response EOS-padded (`pad_id`) to exactly `response_length` tokens, like a prompt followed by gen_length
+    positions. The EOS padding is response (masked and trained on, counted in the answer length).
+
+    Returns input_ids (B, P + response_length), attention_mask, and prompt_lengths = P for every row (the whole
+    prompt region, padding included, is never masked).
+    """
+    if not examples:
+        raise ValueError("collate_sft_left: empty batch")
+    width = max(e.prompt_length for e in examples)
+    if prompt_width is not None:
+        if prompt_width < width:
+            raise ValueError(f"collate_sft_left: prompt_width={prompt_width} is shorter than the longest prompt ({width})")
+        width = prompt_width
+    B, L = len(examples), width + response_length
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    mask = torch.ones((B, L), dtype=torch.long)
+    for b, e in enumerate(examples):
+        prompt, response = e.input_ids[: e.prompt_length], e.input_ids[e.prompt_length:]
+        if len(response) > response_length:
+            raise ValueError(f"collate_sft_left: a response of {len(response)} tokens does not fit "
+                             f"response_length={response_length}")
+        ids[b, width - len(prompt): width] = torch.tensor(prompt, dtype=torch.long)
+        mask[b, : width - len(prompt)] = 0
+        ids[b, width: width + len(response)] = torch.tensor(response, dtype=torch.long)
+    return {"input_ids": ids, "attention_mask": mask, "prompt_lengths": torch.full((B,), width, dtype=torch.long)}
+
+
 def collate_pretraining(sequences: Sequence[Sequence[int]]) -> dict:
     """Stack equal-length pretraining sequences into input_ids (B, L)."""
     if not sequences:
@@ -363,6 +405,7 @@ def random_length_cut(input_ids: torch.Tensor, *, probability: float, generator:
 
 __all__ = [
     "DataError", "Row", "DataStats", "SFTExample", "read_rows", "row_text", "row_messages",
-    "conversation_to_pairs", "tokenize_pretraining", "tokenize_sft", "collate_sft", "collate_pretraining",
+    "conversation_to_pairs", "tokenize_pretraining", "tokenize_sft", "collate_sft", "collate_sft_left",
+    "collate_pretraining",
     "random_length_cut",
 ]

@@ -159,12 +159,18 @@ def sft_objective(
     mask_token_id: int,
     eps: float = DEFAULT_EPS,
     generator: Generators = None,
+    attention_mask: Optional[torch.Tensor] = None,
 ) -> LossOutput:
-    """Draw x_t with the prompt kept clean, run `model`, return `sft_loss` (answer length incl. EOS padding)."""
+    """Draw x_t with the prompt kept clean, run `model`, return `sft_loss` (answer length incl. EOS padding).
+
+    Positions before `prompt_lengths[b]` are the prompt (never masked, no loss). `attention_mask` (B, L) is given
+    for left-padded prompts (the layout of the sampler): the padding sits inside the prompt region and is not
+    attended to.
+    """
     L = input_ids.shape[1]
     maskable = response_mask(prompt_lengths.to(input_ids.device), L)
     noise = add_noise(input_ids, mask_token_id, eps=eps, maskable=maskable, generator=generator)
-    logits = model(input_ids=noise.noisy_ids).logits
+    logits = model(input_ids=noise.noisy_ids, attention_mask=attention_mask).logits
     answer_lengths = L - prompt_lengths.to(input_ids.device)
     loss = sft_loss(logits, input_ids, noise.is_masked, noise.p_mask, answer_lengths)
     return LossOutput(loss, int(noise.is_masked.sum()), int(maskable.sum()))

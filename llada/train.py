@@ -45,6 +45,7 @@ from .data import (
     DataStats,
     collate_pretraining,
     collate_sft,
+    collate_sft_left,
     random_length_cut,
     read_rows,
     tokenize_pretraining,
@@ -80,7 +81,12 @@ class TrainConfig:
     pack: bool = True  # pretraining: pack documents into seq_len chunks
     too_long: str = "truncate"  # "truncate", "skip" or "error"
     bad_rows: str = "error"  # "error" (stop, naming file and row) or "skip" (skip and count)
-    sft_pad_to: Optional[int] = None  # SFT: pad every batch to this length (default: the batch's longest)
+    sft_pad_to: Optional[int] = None  # SFT "right" layout: pad every batch to this length (default: its longest)
+    # SFT layout: "right" (LLaDA guidelines: prompt + response right-padded with EOS to the batch's longest row) or
+    # "left" (the sampler's layout: left-padded prompts, attention-masked, then exactly sft_response_length
+    # response positions, the response EOS-padded; the model then sees at training what generation shows it)
+    sft_layout: str = "right"
+    sft_response_length: int = 32
     # ---- optimisation
     micro_batch_size: int = 8  # per process
     gradient_accumulation_steps: int = 1
@@ -136,6 +142,8 @@ class TrainConfig:
             problems.append(f"lr_schedule={self.lr_schedule!r} (expected one of {SCHEDULES})")
         if self.too_long not in ("truncate", "skip", "error"):
             problems.append(f"too_long={self.too_long!r} (expected truncate, skip or error)")
+        if self.sft_layout not in ("right", "left"):
+            problems.append(f"sft_layout={self.sft_layout!r} (expected right or left)")
         if self.bad_rows not in ("error", "skip"):
             problems.append(f"bad_rows={self.bad_rows!r} (expected error or skip)")
         if self.mixed_precision not in (None, "no", "bf16", "fp16"):
@@ -328,7 +336,8 @@ def load_training_data(config: TrainConfig, tokenizer, log=print):
     else:
         examples = tokenize_sft(rows, tokenizer, seq_len=config.seq_len, messages_field=config.messages_field,
                                 prompt_field=config.prompt_field, response_field=config.response_field,
-                                too_long=config.too_long, bad_rows=config.bad_rows, stats=stats)
+                                too_long=config.too_long, bad_rows=config.bad_rows, stats=stats,
+                                max_response_length=config.sft_response_length if config.sft_layout == "left" else None)
     if not examples:
         raise DataError(
             f"the training data {config.train_data} gave no usable {config.task} examples "
@@ -375,10 +384,13 @@ def build_micro_batch(config: TrainConfig, examples: Sequence, order: DataOrder,
         input_ids = random_length_cut(input_ids, probability=config.random_length_probability,
                                       generator=_generator(config.seed, "cut", step, micro))
         return {"input_ids": input_ids, "generators": generators}
-    pad_to = config.sft_pad_to
-    if pad_to is None:
-        pad_to = max(len(examples[order.index(p)].input_ids)
-                     for r in range(num_processes) for p in micro_batch_positions(step, micro, config, r, num_processes))
+    everyone = [examples[order.index(p)]
+                for r in range(num_processes) for p in micro_batch_positions(step, micro, config, r, num_processes)]
+    if config.sft_layout == "left":
+        batch = collate_sft_left(rows, pad_id, response_length=config.sft_response_length,
+                                 prompt_width=max(e.prompt_length for e in everyone))
+        return {**batch, "generators": generators}
+    pad_to = config.sft_pad_to if config.sft_pad_to is not None else max(len(e.input_ids) for e in everyone)
     batch = collate_sft(rows, pad_id, pad_to=pad_to)
     return {"input_ids": batch["input_ids"], "prompt_lengths": batch["prompt_lengths"], "generators": generators}
 
@@ -390,8 +402,11 @@ def micro_batch_loss(model, batch: dict, config: TrainConfig, mask_token_id: int
         return pretraining_objective(model, input_ids, mask_token_id=mask_token_id, eps=config.mask_eps,
                                      generator=batch["generators"])
     prompt_lengths = batch["prompt_lengths"].to(input_ids.device)
+    attention_mask = batch.get("attention_mask")
+    if attention_mask is not None:
+        attention_mask = attention_mask.to(input_ids.device)
     return sft_objective(model, input_ids, prompt_lengths, mask_token_id=mask_token_id, eps=config.mask_eps,
-                         generator=batch["generators"])
+                         generator=batch["generators"], attention_mask=attention_mask)
 
 
 # --------------------------------------------------------------------------- checkpoints

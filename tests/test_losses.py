@@ -78,8 +78,9 @@ class FixedLogits(torch.nn.Module):
         self.logits = logits
         self.seen = None
 
-    def forward(self, input_ids):
+    def forward(self, input_ids, attention_mask=None):
         self.seen = input_ids.clone()
+        self.attention_mask = attention_mask
         return type("Out", (), {"logits": self.logits[:, : input_ids.shape[1]]})()
 
 
@@ -192,3 +193,23 @@ def test_random_length_cut():
     hits = sum(random_length_cut(ids, probability=0.01, generator=torch.Generator().manual_seed(s)).shape[1] < 25
                for s in range(5000))
     assert 20 <= hits <= 85  # about 1% of 5000 (a cut to the full length 25 counts as no cut)
+
+
+def test_sft_objective_left_padded_prompts():
+    """Left-padded prompt (the sampler's layout): the padding is inside the prompt region, never masked, and the
+    attention mask reaches the model; the answer length is the fixed response region."""
+    eos = 5
+    ids = torch.tensor([[eos, eos, 1, 2, 3, eos, eos], [1, 2, 1, 2, 4, 6, eos]])
+    attention = torch.tensor([[0, 0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1]])
+    logits = torch.randn(2, 7, 8, generator=torch.Generator().manual_seed(3))
+    model = FixedLogits(logits)
+    gens = [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)]
+    out = sft_objective(model, ids, torch.tensor([4, 4]), mask_token_id=MASK, generator=gens, attention_mask=attention)
+    assert torch.equal(model.attention_mask, attention)
+    assert not bool((model.seen[:, :4] == MASK).any())
+    total = 0.0
+    for b, seed in enumerate((1, 2)):
+        p = float((1 - 1e-3) * torch.rand(1, generator=torch.Generator().manual_seed(seed)) + 1e-3)
+        total += sum(_log_softmax_at(logits[b, i].tolist(), int(ids[b, i])) for i in range(4, 7)
+                     if model.seen[b, i] == MASK) / p / 3
+    assert out.loss.item() == pytest.approx(total / 2, rel=1e-5, abs=1e-7)

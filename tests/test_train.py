@@ -128,6 +128,13 @@ def test_config_from_yaml_and_overrides(tmp_path, tiny_corpus):
         TrainConfig.from_yaml_and_overrides(str(recipe), ["model_name_or_path=x"])
 
 
+@pytest.mark.parametrize("recipe", ["embedded_pretrain", "embedded_sft_stage1", "embedded_sft", "llada_1b_pretrain",
+                                    "llada_8b_sft", "llada_8b_lora_sft"])
+def test_shipped_recipes_parse(recipe):
+    cfg = TrainConfig.from_yaml_and_overrides(str(ROOT / "configs" / "recipes" / f"{recipe}.yaml"))
+    assert cfg.task in ("pretrain", "sft") and cfg.lr > 0
+
+
 def test_learning_rate_schedules():
     wsd = TrainConfig(model_config={}, train_data=["x"], lr=1.0, warmup_steps=4, lr_schedule="wsd",
                       decay_fraction=0.2, max_steps=20)
@@ -152,8 +159,8 @@ def test_global_batches_split_over_processes_cover_the_single_process_batch():
             assert single == split
 
 
-@pytest.mark.parametrize("task", ["pretrain", "sft"])
-def test_micro_batches_split_over_processes_give_the_single_process_gradient(task, tiny_corpus):
+@pytest.mark.parametrize("task,layout", [("pretrain", "right"), ("sft", "right"), ("sft", "left")])
+def test_micro_batches_split_over_processes_give_the_single_process_gradient(task, layout, tiny_corpus):
     """What DDP computes (the mean over processes of each process's gradient) equals the single-process gradient
     of the whole batch: same rows, same noise, SFT padding to the global longest row, same random-length cut."""
     import llada
@@ -163,7 +170,8 @@ def test_micro_batches_split_over_processes_give_the_single_process_gradient(tas
     ids = special_token_ids(tok)
     data = tiny_corpus["corpus"] / ("pretrain.jsonl" if task == "pretrain" else "sft_train.jsonl")
     base = dict(task=task, model_config=TINY_MODEL, train_data=[str(data)], seq_len=32 if task == "pretrain" else 96,
-                gradient_accumulation_steps=2, random_length_probability=0.5, seed=3)
+                gradient_accumulation_steps=2, random_length_probability=0.5, seed=3, sft_layout=layout,
+                sft_response_length=24)
     one, two = TrainConfig(micro_batch_size=4, **base), TrainConfig(micro_batch_size=2, **base)
     examples, _ = load_training_data(one, tok, log=lambda m: None)
     order = DataOrder(len(examples), one.seed)
@@ -183,6 +191,36 @@ def test_micro_batches_split_over_processes_give_the_single_process_gradient(tas
         (ga, shape_a), (gb, shape_b) = grads(two, 0, 2, step, micro), grads(two, 1, 2, step, micro)
         assert shape_a[1] == shape_b[1] == shape1[1]  # same (padded / cut) length on every process
         torch.testing.assert_close((ga + gb) / 2, g1, rtol=1e-5, atol=1e-7)
+
+
+def test_left_layout_matches_the_sampler_layout(tiny_corpus):
+    """sft_layout=left: [left padding | prompt | response + EOS to sft_response_length], exactly what
+    `left_pad(prompts)` followed by gen_length positions looks like at generation time."""
+    from llada.data import collate_sft_left
+    from llada.tokenization import left_pad
+
+    tok = tiny_corpus["tokenizer"]
+    ids = special_token_ids(tok)
+    rows = [Row("m", 0, {"prompt": "What is 2 + 3?", "response": "5"}),
+            Row("m", 1, {"prompt": "Reverse the letters: a b c d e", "response": "e d c b a"})]
+    examples = tokenize_sft(rows, tok, seq_len=128)
+    batch = collate_sft_left(examples, ids.pad, response_length=12)
+    prompts = [e.input_ids[: e.prompt_length] for e in examples]
+    padded, mask = left_pad(prompts, ids.pad)
+    P = padded.shape[1]
+    assert torch.equal(batch["input_ids"][:, :P], padded) and torch.equal(batch["attention_mask"][:, :P], mask)
+    assert bool((batch["attention_mask"][:, P:] == 1).all()) and batch["prompt_lengths"].tolist() == [P, P]
+    for b, e in enumerate(examples):
+        response = e.input_ids[e.prompt_length:]
+        assert batch["input_ids"][b, P: P + len(response)].tolist() == response
+        assert bool((batch["input_ids"][b, P + len(response):] == ids.eos).all())  # EOS padding of the response
+    with pytest.raises(ValueError, match="does not fit response_length=2"):
+        collate_sft_left(examples, ids.pad, response_length=2)
+    stats = DataStats()
+    cut = tokenize_sft(rows[1:], tok, seq_len=128, max_response_length=3, stats=stats)
+    assert len(cut[0].input_ids) - cut[0].prompt_length == 3 and stats.truncated == 1
+    with pytest.raises(DataError, match=r"m row 2: response is \d+ tokens, longer than sft_response_length=3"):
+        tokenize_sft(rows[1:], tok, seq_len=128, max_response_length=3, too_long="error")
 
 
 # --------------------------------------------------------------------------- data
@@ -373,3 +411,43 @@ def test_sigkill_then_resume_matches_uninterrupted(single_run, tmp_path):
     assert f"resumed from {out / f'checkpoint-{done:07d}'} at step {done}" in resumed.stdout
     a, b = _weights(out / "final"), _weights(single_run["final"])
     assert all(torch.equal(a[k], b[k]) for k in a), _max_diff(a, b)
+
+
+# --------------------------------------------------------------------------- the synthetic corpus
+def test_corpus_is_seeded_split_and_checkable(tmp_path):
+    from llada.corpus import FAMILIES, CorpusConfig, check_answer, heldout_split, knowledge_facts, split_facts, \
+        sft_train_split, write_corpus
+
+    cfg = CorpusConfig(sft_examples=600, pretrain_documents=50, heldout_per_family=20)
+    a, b = write_corpus(tmp_path / "a", cfg), write_corpus(tmp_path / "b", cfg)
+    for name in a:
+        assert a[name].read_bytes() == b[name].read_bytes()  # same seed, same bytes
+    train, held = sft_train_split(cfg), heldout_split(cfg)
+    assert {r["family"] for r in held} == set(FAMILIES)
+    train_prompts = {m["content"] for r in train for m in r["messages"] if m["role"] == "user"}
+    assert not any(r["prompt"] in train_prompts for r in held)  # held-out instances never trained on
+    train_facts, held_facts = split_facts(cfg.heldout_fraction, cfg.seed)
+    assert held_facts and len(train_facts) + len(held_facts) == len(knowledge_facts())
+    pretrain_text = (tmp_path / "a" / "pretrain.jsonl").read_text()
+    import re
+
+    def expression(prompt):
+        return re.search(r"\d+ [+-] \d+", prompt).group(0)
+
+    for r in held:
+        if r["family"] in ("addition", "subtraction"):  # nor written in the pretraining text
+            assert not re.search(rf"(?<!\d){re.escape(expression(r['prompt']))} = ", pretrain_text)
+    for r in held + [{"answer": r["answer"], **r} for r in train]:
+        assert check_answer(r["answer"], r["answer"])
+    assert check_answer(" 42. ", "42") and not check_answer("4 2", "42") and check_answer("paris", "Paris")
+    ex = {r["family"]: r for r in held}
+    a, b = map(int, re.findall(r"\d+", ex["addition"]["prompt"]))
+    assert ex["addition"]["answer"] == str(a + b)
+    a, b = map(int, re.findall(r"\d+", ex["subtraction"]["prompt"]))
+    assert ex["subtraction"]["answer"] == str(a - b)
+    nums = [int(x) for x in ex["sort"]["prompt"].split(": ")[1].split(", ")]
+    assert ex["sort"]["answer"] == ", ".join(map(str, sorted(nums)))
+    letters = ex["reverse"]["prompt"].split(": ")[1].split()
+    assert ex["reverse"]["answer"] == " ".join(reversed(letters))
+    n = int(re.search(r"\d+", ex["parity"]["prompt"]).group(0))
+    assert ex["parity"]["answer"] == ("even" if n % 2 == 0 else "odd")
