@@ -107,10 +107,25 @@ def _max_diff(a: dict, b: dict) -> float:
 @pytest.fixture(scope="module")
 def single_run(tiny_corpus, tmp_path_factory):
     """The reference run: 1 process, batch 4, 40 steps, through the real `accelerate launch`."""
+    from llada.train import build_model
+
     out = tmp_path_factory.mktemp("single")
     recipe = _recipe(tiny_corpus, out / "recipe.yaml")
     proc = _launch("cpu.yaml", recipe, f"output_dir={out}")
-    return {"out": out, "recipe": recipe, "stdout": proc.stdout, "final": out / "final"}
+    # the weights every run starts from (the trainer seeds the initialisation with `seed`)
+    initial = build_model(TrainConfig.from_yaml_and_overrides(str(recipe)), tiny_corpus["tokenizer"], accelerator=None)
+    initial = {k: v.detach().clone() for k, v in initial.state_dict().items()}
+    return {"out": out, "recipe": recipe, "stdout": proc.stdout, "final": out / "final", "initial": initial}
+
+
+def _assert_same_run(other: dict, single_run: dict):
+    """Another layout of the same run (processes, DeepSpeed stage) ends at the single-process weights up to float
+    reduction order: the discrepancy is under 1% of how far training moved the weights. A real difference (other
+    rows, other noise, a step missed) moves weights by the order of the training movement itself."""
+    reference = _weights(single_run["final"])
+    moved = _max_diff(reference, single_run["initial"])
+    assert moved > 1e-2, moved
+    assert _max_diff(other, reference) < 1e-2 * moved, (_max_diff(other, reference), moved)
 
 
 # --------------------------------------------------------------------------- recipes and schedules
@@ -374,7 +389,7 @@ def test_two_processes_equal_one(single_run, tmp_path):
     _launch("cpu_2proc.yaml", single_run["recipe"], f"output_dir={out}", "micro_batch_size=2", processes=2)
     summary = json.loads((out / "final" / "training_summary.json").read_text())
     assert summary["processes"] == 2
-    assert _max_diff(_weights(out / "final"), _weights(single_run["final"])) < 1e-5
+    _assert_same_run(_weights(out / "final"), single_run)
 
 
 @pytest.mark.slow
@@ -388,7 +403,7 @@ def test_deepspeed_two_cpu_processes(single_run, tmp_path, stage):
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 40 and all(torch.isfinite(torch.tensor(r["loss"])) for r in log)
     # the same run as one process without DeepSpeed (the same global batch of 4 split over 2 processes)
-    assert _max_diff(_weights(out / "final"), _weights(single_run["final"])) < 1e-5
+    _assert_same_run(_weights(out / "final"), single_run)
 
 
 @pytest.mark.slow
