@@ -173,33 +173,41 @@ class TrainConfig:
     @classmethod
     def from_yaml_and_overrides(cls, recipe: Optional[str], overrides: Sequence[str] = ()) -> "TrainConfig":
         """Read a YAML recipe (a mapping of fields) and apply `key=value` overrides (values parsed as YAML)."""
-        import yaml
+        return config_from_recipe(cls, recipe, overrides)
 
-        values: dict = {}
-        if recipe is not None:
-            path = Path(recipe)
-            if not path.is_file():
-                raise ValueError(f"recipe {recipe}: no such file")
-            loaded = yaml.safe_load(path.read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"recipe {recipe}: expected a mapping of TrainConfig fields, got {type(loaded).__name__}")
-            values.update(loaded)
-        known = {f.name for f in dataclasses.fields(cls)}
-        for item in overrides:
-            if "=" not in item:
-                raise ValueError(f"override {item!r}: expected key=value")
-            key, raw = item.split("=", 1)
-            key = key.strip()
-            if key.startswith("model_config."):
-                values.setdefault("model_config", {})
-                values["model_config"] = dict(values["model_config"] or {})
-                values["model_config"][key.split(".", 1)[1]] = yaml.safe_load(raw)
-                continue
-            values[key] = yaml.safe_load(raw) if raw != "" else None
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown TrainConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
+
+def config_from_recipe(cls, recipe: Optional[str], overrides: Sequence[str] = ()):
+    """An instance of the config dataclass `cls` from a YAML recipe (a mapping of its fields) and `key=value`
+    overrides (values parsed as YAML; `field.key=value` sets one key of a mapping field such as `model_config`).
+    Unknown fields are refused by name."""
+    import yaml
+
+    name = cls.__name__
+    values: dict = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise ValueError(f"recipe {recipe}: no such file")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ValueError(f"recipe {recipe}: expected a mapping of {name} fields, got {type(loaded).__name__}")
+        values.update(loaded)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r}: expected key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        head, _, sub = key.partition(".")
+        if sub and head in known:
+            values[head] = dict(values.get(head) or {})
+            values[head][sub] = yaml.safe_load(raw)
+            continue
+        values[key] = yaml.safe_load(raw) if raw != "" else None
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {name} field(s) {unknown}; known fields: {sorted(known)}")
+    return cls(**values)
 
 
 # --------------------------------------------------------------------------- schedule

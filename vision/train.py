@@ -135,32 +135,9 @@ class VisionTrainConfig:
     @classmethod
     def from_yaml_and_overrides(cls, recipe: Optional[str], overrides: Sequence[str] = ()) -> "VisionTrainConfig":
         """Read a YAML recipe (a mapping of fields) and apply `key=value` overrides (values parsed as YAML)."""
-        import yaml
+        from llada.train import config_from_recipe
 
-        values: dict = {}
-        if recipe is not None:
-            path = Path(recipe)
-            if not path.is_file():
-                raise ValueError(f"recipe {recipe}: no such file")
-            loaded = yaml.safe_load(path.read_text()) or {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"recipe {recipe}: expected a mapping of VisionTrainConfig fields")
-            values.update(loaded)
-        for item in overrides:
-            if "=" not in item:
-                raise ValueError(f"override {item!r}: expected key=value")
-            key, raw = item.split("=", 1)
-            key = key.strip()
-            if key.startswith("vision_config."):
-                values["vision_config"] = dict(values.get("vision_config") or {})
-                values["vision_config"][key.split(".", 1)[1]] = yaml.safe_load(raw)
-                continue
-            values[key] = yaml.safe_load(raw) if raw != "" else None
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown VisionTrainConfig field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**values)
+        return config_from_recipe(cls, recipe, overrides)
 
 
 # --------------------------------------------------------------------------- model
