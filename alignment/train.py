@@ -25,10 +25,9 @@ from llada.tokenization import special_token_ids
 from llada.train import (
     DataOrder,
     TrainConfig,
-    _configure_deepspeed_batch,
     _generator,
     build_model,
-    find_resume_checkpoint,
+    prepare_training,
     learning_rate_at,
     load_tokenizer,
     micro_batch_positions,
@@ -119,7 +118,7 @@ def _pair_generators(config: VRPOTrainConfig, positions: Sequence[int]) -> list[
 def train(config: VRPOTrainConfig) -> Path:
     """Run VRPO; returns the folder of the final model (`output_dir/final`)."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedType, ProjectConfiguration, set_seed
+    from accelerate.utils import ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
     import llada
@@ -157,22 +156,7 @@ def train(config: VRPOTrainConfig) -> Path:
 
         model = apply_lora(model, config)
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(
-        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
-         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-        lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
-    )
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        _configure_deepspeed_batch(accelerator.state.deepspeed_plugin, config, P)
-    model, optimizer = accelerator.prepare(model, optimizer)
-
-    start_step = 0
-    resume_from = find_resume_checkpoint(config)
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from / "accelerate_state"))
-        start_step = json.loads((resume_from / "trainer_state.json").read_text())["step"]
-        log(f"resumed from {resume_from} at step {start_step}")
+    model, optimizer, start_step = prepare_training(accelerator, model, config, P, log)
 
     # Reference ELBOs up front (same draws as in training: the draws of a pair depend only on its position).
     precomputed: dict[int, torch.Tensor] = {}

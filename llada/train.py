@@ -508,10 +508,34 @@ def _configure_deepspeed_batch(accelerator_state_plugin, config: TrainConfig, nu
         ds["gradient_clipping"] = config.max_grad_norm if config.max_grad_norm > 0 else 0.0
 
 
+def prepare_training(accelerator, model, config: TrainConfig, num_processes: int, log=print):
+    """AdamW over the trainable parameters (weight decay on matrices only), `accelerator.prepare` (DeepSpeed's
+    batch fields filled in first), then the state of the last checkpoint in `output_dir` restored if there is one.
+    Returns (model, optimizer, the step to start from)."""
+    from accelerate.utils import DistributedType
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(
+        [{"params": [p for p in params if p.dim() >= 2], "weight_decay": config.weight_decay},
+         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+        lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
+    )
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        _configure_deepspeed_batch(accelerator.state.deepspeed_plugin, config, num_processes)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    start_step = 0
+    resume_from = find_resume_checkpoint(config)
+    if resume_from is not None:
+        accelerator.load_state(str(resume_from / "accelerate_state"))
+        start_step = json.loads((resume_from / "trainer_state.json").read_text())["step"]
+        log(f"resumed from {resume_from} at step {start_step}")
+    return model, optimizer, start_step
+
+
 def train(config: TrainConfig) -> Path:
     """Run training; returns the folder of the final model (`output_dir/final`)."""
     from accelerate import Accelerator
-    from accelerate.utils import DistributedType, InitProcessGroupKwargs, ProjectConfiguration, set_seed
+    from accelerate.utils import InitProcessGroupKwargs, ProjectConfiguration, set_seed
     from tqdm.auto import tqdm
 
     if config.num_threads:
@@ -557,23 +581,7 @@ def train(config: TrainConfig) -> Path:
         model = apply_lora(model, config)
     model.train()
     mask_id = model.config.mask_token_id
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=config.lr, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps,
-    )
-    if accelerator.distributed_type == DistributedType.DEEPSPEED:
-        _configure_deepspeed_batch(accelerator.state.deepspeed_plugin, config, P)
-    model, optimizer = accelerator.prepare(model, optimizer)
-
-    start_step = 0
-    resume_from = find_resume_checkpoint(config)
-    if resume_from is not None:
-        accelerator.load_state(str(resume_from / "accelerate_state"))
-        start_step = json.loads((resume_from / "trainer_state.json").read_text())["step"]
-        log(f"resumed from {resume_from} at step {start_step}")
+    model, optimizer, start_step = prepare_training(accelerator, model, config, P, log)
     if accelerator.is_main_process and config.log_with:
         flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
                 for k, v in dataclasses.asdict(config).items()}
