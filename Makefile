@@ -2,14 +2,14 @@
 #   make demo   set up .venv and serve the Gradio demo on the embedded default model (http://127.0.0.1:7860)
 #   make test   set up .venv and run the whole test suite
 # and, for a one-shot answer in the terminal:
-#   make generate PROMPT="What is 12 + 35?"
+#   make generate PROMPT="Even or odd: 347"
 # Both create the virtual environment from nothing when it is missing, and reinstall when pyproject.toml changes.
 
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
-PROMPT ?= What is 12 + 35?
+PROMPT ?= Even or odd: 347
 
 .PHONY: setup demo generate test browser clean
 

@@ -9,7 +9,7 @@ writes it again, byte for byte. Six task families, each example with a checkable
     subtraction  "What is 345 - 78?"                               -> "267"
     word_problem "Tom has 5 apples. He buys 3 more. How many apples does Tom have now?" -> "8"
     knowledge    "What is the capital of France?"                  -> "Paris"
-    parity       "Is 347 even or odd?"                             -> "odd"       (the easy family)
+    parity       "Even or odd: 347"                                -> "odd"       (the easy family)
 
 Splits. An arithmetic / sorting / reversal instance belongs to the held-out split when a hash of its
 canonical content says so (`heldout_fraction`), so held-out instances never occur in any training text,
@@ -172,7 +172,9 @@ def _arith(rng: random.Random, op: str) -> tuple[str, Example]:
 
 def _parity(rng: random.Random) -> tuple[str, Example]:
     n = rng.randint(0, 999)
-    template = rng.choice(["Is {n} even or odd?", "Is {n} an even or an odd number?", "Is the number {n} even or odd?"])
+    # the number comes last in every phrasing: its last digit then sits at a fixed distance before the answer
+    # (the template's tail is constant), which is what makes this the family a tiny model masters first
+    template = rng.choice(["Even or odd: {n}", "Is this number even or odd? {n}", "Say whether it is even or odd: {n}"])
     return f"parity:{n}", Example("parity", template.format(n=n), "even" if n % 2 == 0 else "odd")
 
 
