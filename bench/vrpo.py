@@ -1,6 +1,6 @@
 """VRPO on the embedded instruct model, end to end, with naive DPO as the comparison (LLaDA 1.5 on a CPU).
 
-    python bench/vrpo.py [--work runs/vrpo] [--prompts 600] [--epochs 2] [--install]
+    python bench/vrpo.py [--work runs/vrpo] [--prompts 600] [--epochs 2] [--lr 1e-4] [--reuse-pairs] [--install]
 
 1. `alignment.collect`: sample the embedded instruct model on training-split prompts of the synthetic corpus
    (temperature 1, 4 samples); a right sample is `chosen`, a wrong one `rejected` (the corpus' reference
@@ -41,17 +41,19 @@ def main() -> int:
     ap.add_argument("--prompts", type=int, default=600)
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--lr", type=float, default=1e-4)
-    ap.add_argument("--variance-pairs", type=int, default=128)
+    ap.add_argument("--variance-pairs", type=int, default=128, help="pairs for the variance table (0: no table)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--install", action="store_true")
+    ap.add_argument("--reuse-pairs", action="store_true", help="keep WORK/prefs.jsonl from an earlier run (skip step 1)")
     args = ap.parse_args()
     work = (ROOT / args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     log: list[dict] = []
     prefs = work / "prefs.jsonl"
-    run([py, "-m", "alignment.collect", "--model", args.model, "--out", str(prefs), "--prompts", str(args.prompts),
-         "--samples", "4", "--temperature", "1.0", "--reference-chosen", "--threads", str(args.threads)], log)
+    if not (args.reuse_pairs and prefs.is_file()):
+        run([py, "-m", "alignment.collect", "--model", args.model, "--out", str(prefs), "--prompts", str(args.prompts),
+             "--samples", "4", "--temperature", "1.0", "--reference-chosen", "--threads", str(args.threads)], log)
     common = [f"model_name_or_path={args.model}", f"train_data=[{prefs}]", f"num_epochs={args.epochs}",
               f"lr={args.lr}", "log_with=null", f"num_threads={args.threads}", "save_steps=0", "seed=0"]
     launch = [py, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu.yaml",
@@ -66,9 +68,10 @@ def main() -> int:
         run([py, "bench/embedded_accuracy.py", path, "--out", str(out), "--threads", str(args.threads)], log)
         accuracy[name] = json.loads(out.read_text())
     table = work / "variance.md"
-    run([py, "-m", "alignment.variance", "--policy", str(work / "vrpo" / "final"), "--reference", args.model,
-         "--pairs", str(prefs), "--max-pairs", str(args.variance_pairs), "--repeats", "8",
-         "--threads", str(args.threads), "--output", str(table)], log)
+    if args.variance_pairs > 0:
+        run([py, "-m", "alignment.variance", "--policy", str(work / "vrpo" / "final"), "--reference", args.model,
+             "--pairs", str(prefs), "--max-pairs", str(args.variance_pairs), "--repeats", "8",
+             "--threads", str(args.threads), "--output", str(table)], log)
 
     families = sorted(accuracy["sft"]["per_family"])
     lines = [f"## VRPO on the embedded model ({time.strftime('%Y-%m-%d')}, CPU, {args.threads} threads)", "",
@@ -76,8 +79,9 @@ def main() -> int:
     for name, res in accuracy.items():
         cells = [f"{100 * res['per_family'][f]['accuracy']:.1f}" for f in families]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * res['overall']:.1f} |")
-    lines += ["", "Variance (policy = the VRPO model, reference = the SFT model):", "", table.read_text(), "",
-              "Commands and wall times:", ""]
+    if args.variance_pairs > 0:
+        lines += ["", "Variance (policy = the VRPO model, reference = the SFT model):", "", table.read_text()]
+    lines += ["", "Commands and wall times:", ""]
     lines += [f"- `{e['command']}` ({e['wall_seconds']} s)" for e in log]
     (work / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
