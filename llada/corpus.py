@@ -1,7 +1,7 @@
 """A seeded synthetic corpus of verifiable tasks, for the embedded default models.
 
 Everything here is generated from a seed, so the corpus is never shipped: `python -m llada.corpus OUT_DIR`
-writes it again, byte for byte. Six task families, each example with a checkable answer:
+writes it again, byte for byte. Eight task families, each example with a checkable answer:
 
     reverse      "Reverse the letters: m k a q"                  -> "q a k m"
     sort         "Sort these numbers from smallest to largest: 42, 7, 19"  -> "7, 19, 42"
@@ -10,6 +10,7 @@ writes it again, byte for byte. Six task families, each example with a checkable
     word_problem "Tom has 5 apples. He buys 3 more. How many apples does Tom have now?" -> "8"
     knowledge    "What is the capital of France?"                  -> "Paris"
     parity       "Even or odd: 347"                                -> "odd"       (the easy family)
+    compare      "Which is larger: 37 or 52"                       -> "52"        (two-digit numbers, learnt partly)
 
 Splits. An arithmetic / sorting / reversal instance belongs to the held-out split when a hash of its
 canonical content says so (`heldout_fraction`), so held-out instances never occur in any training text,
@@ -37,7 +38,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
 
-FAMILIES = ("reverse", "sort", "addition", "subtraction", "word_problem", "knowledge", "parity")
+FAMILIES = ("reverse", "sort", "addition", "subtraction", "word_problem", "knowledge", "parity", "compare")
 
 # --------------------------------------------------------------------------- knowledge facts
 #: (question, answer, statement) triples; the statement appears in the pretraining text.
@@ -94,6 +95,8 @@ class CorpusConfig:
     sft_examples: int = 24000
     #: held-out examples per family (knowledge: at most the number of held-out facts x templates)
     heldout_per_family: int = 100
+    #: families with a larger held-out set (compare: the family alignment is measured on, so 400 prompts)
+    heldout_per_family_overrides: dict = field(default_factory=lambda: {"compare": 400})
     #: documents of plain pretraining text
     pretrain_documents: int = 10000
     #: fraction of instances (by content hash) and of knowledge facts kept for the held-out split
@@ -105,7 +108,8 @@ class CorpusConfig:
     #: family mix of the SFT split (relative weights)
     family_weights: dict = field(
         default_factory=lambda: {"reverse": 1.0, "sort": 1.0, "addition": 1.0, "subtraction": 1.0,
-                                 "word_problem": 1.0, "knowledge": 1.5, "parity": 1.5}
+                                 "word_problem": 1.0, "knowledge": 1.5, "parity": 1.5,
+                                 "compare": 1.0}
     )
 
     def __post_init__(self) -> None:
@@ -178,6 +182,16 @@ def _parity(rng: random.Random) -> tuple[str, Example]:
     return f"parity:{n}", Example("parity", template.format(n=n), "even" if n % 2 == 0 else "odd")
 
 
+def _compare(rng: random.Random) -> tuple[str, Example]:
+    a, b = rng.sample(range(10, 100), 2)
+    # both numbers have two digits and come last: every digit sits at a fixed distance before the answer. The
+    # answer is a copy of one of them, which the 1M-parameter model learns only partly (the family VRPO improves)
+    template = rng.choice(["Which is larger: {a} or {b}", "Which number is bigger? {a} or {b}",
+                           "Say the larger number: {a} or {b}"])
+    # the split key is the unordered pair: a held-out pair is never seen in training, in either order
+    return f"compare:{min(a, b)}:{max(a, b)}", Example("compare", template.format(a=a, b=b), str(max(a, b)))
+
+
 def _word_problem(rng: random.Random) -> tuple[str, Example]:
     name, item = rng.choice(_NAMES), rng.choice(_ITEMS)
     he = _PRONOUN[name]
@@ -236,6 +250,8 @@ def generate_examples(
             key, ex = _word_problem(rng)
         elif family == "parity":
             key, ex = _parity(rng)
+        elif family == "compare":
+            key, ex = _compare(rng)
         else:
             if not facts:
                 raise ValueError("knowledge examples need a non-empty fact list")
@@ -267,7 +283,8 @@ def sft_train_split(config: CorpusConfig) -> list[dict]:
 
 
 def heldout_split(config: CorpusConfig) -> list[dict]:
-    """The evaluation rows: {"prompt", "answer", "family", "messages"}, `heldout_per_family` per family.
+    """The evaluation rows: {"prompt", "answer", "family", "messages"}, `heldout_per_family` per family
+    (`heldout_per_family_overrides` for the families named there).
 
     Knowledge: every held-out fact once (there are fewer held-out facts than `heldout_per_family`).
     """
@@ -281,7 +298,8 @@ def heldout_split(config: CorpusConfig) -> list[dict]:
             stream = generate_examples(family, random.Random(rng.random()), split="heldout", config=config)
             seen: set[str] = set()
             examples = []
-            while len(examples) < config.heldout_per_family:
+            wanted = config.heldout_per_family_overrides.get(family, config.heldout_per_family)
+            while len(examples) < wanted:
                 ex = next(stream)
                 if ex.prompt not in seen:
                     seen.add(ex.prompt)
@@ -305,6 +323,9 @@ def _plain_sentence(ex: Example) -> str:
         return f"The letters {letters} backwards are {ex.answer}."
     if ex.family == "word_problem":
         return f"{ex.prompt} The answer is {ex.answer}."
+    if ex.family == "compare":
+        a, b = re.findall(r"\d+", ex.prompt)
+        return f"The larger of {a} and {b} is {ex.answer}."
     if ex.family == "parity":
         n = re.search(r"(\d+)", ex.prompt).group(1)
         return f"{n} is an {ex.answer} number."

@@ -466,3 +466,15 @@ def test_corpus_is_seeded_split_and_checkable(tmp_path):
     assert ex["reverse"]["answer"] == " ".join(reversed(letters))
     n = int(re.search(r"\d+", ex["parity"]["prompt"]).group(0))
     assert ex["parity"]["answer"] == ("even" if n % 2 == 0 else "odd")
+    a, b = map(int, re.findall(r"\d+", ex["compare"]["prompt"]))
+    assert ex["compare"]["answer"] == str(max(a, b)) and a != b and 10 <= min(a, b) and max(a, b) <= 99
+    compare = [r for r in held if r["family"] == "compare"]
+    assert len(compare) == cfg.heldout_per_family_overrides["compare"]  # the larger held-out set of this family
+    # compare is split by the unordered pair: a held-out pair is never trained on, in either order
+    held_pairs = {frozenset(re.findall(r"\d+", r["prompt"])) for r in compare}
+    train_pairs = {frozenset(re.findall(r"\d+", m["content"])) for r in train for m in r["messages"]
+                   if m["role"] == "user" and m["content"].startswith(("Which is larger", "Which number is bigger",
+                                                                       "Say the larger number"))}
+    assert train_pairs and not held_pairs & train_pairs
+    assert not any(f"The larger of {a} and {b} " in pretrain_text or f"The larger of {b} and {a} " in pretrain_text
+                   for a, b in map(sorted, held_pairs))
