@@ -9,7 +9,8 @@ turn rows only), so nothing of the held-out split leaks into alignment. Each pro
 times (Gumbel-max sampling at `--temperature`, the shared sampler); answers are checked with
 `llada.corpus.check_answer`. A prompt gives a pair when at least one sample is right and one is wrong; with
 `--reference-chosen`, a prompt whose samples are all wrong pairs the corpus' reference answer (chosen) with a
-wrong sample. Rows: {"prompt", "chosen", "rejected", "family", "chosen_source"}.
+wrong sample; `--pairs-per-prompt K` pairs the chosen answer with up to K distinct wrong samples.
+Rows: {"prompt", "chosen", "rejected", "family", "chosen_source"}.
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ import torch
 
 def collect_pairs(model, tokenizer, rows: Sequence[dict], *, samples: int, temperature: float, gen_length: int,
                   steps: int, block_length: int, batch_prompts: int = 8, seed: int = 0,
-                  reference_chosen: bool = False, progress: bool = True) -> tuple[list[dict], dict]:
-    """Sample and pair; returns (pairs, statistics per family)."""
+                  reference_chosen: bool = False, progress: bool = True,
+                  pairs_per_prompt: int = 1) -> tuple[list[dict], dict]:
+    """Sample and pair; returns (pairs, statistics per family).
+
+    pairs_per_prompt > 1: a prompt gives up to that many pairs, its chosen answer against distinct wrong answers.
+    """
+    if pairs_per_prompt < 1:
+        raise ValueError(f"pairs_per_prompt must be >= 1, got {pairs_per_prompt}")
     import sampling
     from llada.corpus import check_answer
     from llada.tokenization import apply_chat_template, left_pad, special_token_ids
@@ -63,11 +70,17 @@ def collect_pairs(model, tokenizer, rows: Sequence[dict], *, samples: int, tempe
             chosen, source = (rng.choice(right), "sample") if right else (
                 (r["answer"], "reference") if reference_chosen else (None, None))
             if chosen is not None and wrong:
-                rejected = rng.choice(wrong)
-                if rejected.strip() != chosen.strip():
-                    pairs.append({"prompt": r["prompt"], "chosen": chosen, "rejected": rejected,
-                                  "family": r["family"], "chosen_source": source})
-                    stats[f"{r['family']}/pairs"] += 1
+                if pairs_per_prompt == 1:
+                    rejects = [rng.choice(wrong)]
+                else:
+                    rejects = list(dict.fromkeys(w for w in wrong if w.strip() != chosen.strip()))
+                    rng.shuffle(rejects)
+                    rejects = rejects[:pairs_per_prompt]
+                for rejected in rejects:
+                    if rejected.strip() != chosen.strip():
+                        pairs.append({"prompt": r["prompt"], "chosen": chosen, "rejected": rejected,
+                                      "family": r["family"], "chosen_source": source})
+                        stats[f"{r['family']}/pairs"] += 1
         if progress:
             print(f"  {min(start + batch_prompts, len(rows))}/{len(rows)} prompts, {len(pairs)} pairs, "
                   f"{time.time() - t0:.0f} s", flush=True)
@@ -93,6 +106,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--block-length", type=int, default=32)
     ap.add_argument("--batch-prompts", type=int, default=8)
     ap.add_argument("--reference-chosen", action="store_true", help="pair the reference answer when no sample is right")
+    ap.add_argument("--pairs-per-prompt", type=int, default=1,
+                    help="up to this many pairs per prompt (its chosen answer against distinct wrong answers)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
@@ -115,7 +130,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pairs, stats = collect_pairs(model, tok, rows, samples=args.samples, temperature=args.temperature,
                                  gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
                                  batch_prompts=args.batch_prompts, seed=args.seed,
-                                 reference_chosen=args.reference_chosen)
+                                 reference_chosen=args.reference_chosen, pairs_per_prompt=args.pairs_per_prompt)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps(p) + "\n" for p in pairs))

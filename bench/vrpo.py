@@ -1,10 +1,11 @@
 """VRPO on the embedded instruct model, end to end, with naive DPO as the comparison (LLaDA 1.5 on a CPU).
 
     python bench/vrpo.py [--work runs/vrpo] [--prompts 600] [--epochs 2] [--lr 1e-4] [--reuse-pairs] [--install]
+        [--families compare] [--samples 8] [--pairs-per-prompt 3] [--no-reference-chosen] [--beta B] [--sft-weight W]
 
 1. `alignment.collect`: sample the embedded instruct model on training-split prompts of the synthetic corpus
-   (temperature 1, 4 samples); a right sample is `chosen`, a wrong one `rejected` (the corpus' reference
-   answer is chosen when no sample is right).
+   (temperature 1, --samples per prompt); a right sample is `chosen`, a wrong one `rejected` (the corpus'
+   reference answer is chosen when no sample is right, unless --no-reference-chosen).
 2. `alignment.train` twice through `accelerate launch`, same pairs, same steps, same seed:
    VRPO (n = 8, n_t = 8 x n_yt = 1, antithetic) and naive DPO on ELBOs (n = 1, independent draws).
 3. `bench/embedded_accuracy.py`: held-out accuracy per task family of the SFT model and of both aligned models.
@@ -42,6 +43,13 @@ def main() -> int:
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--variance-pairs", type=int, default=128, help="pairs for the variance table (0: no table)")
+    ap.add_argument("--families", default=None, help="comma-separated families to collect pairs on (default: all)")
+    ap.add_argument("--samples", type=int, default=4, help="samples per prompt (alignment.collect)")
+    ap.add_argument("--pairs-per-prompt", type=int, default=1)
+    ap.add_argument("--no-reference-chosen", action="store_true",
+                    help="only the model's own right answers as chosen (no corpus reference answers)")
+    ap.add_argument("--beta", type=float, default=None, help="VRPO beta (default: the recipe's 0.2)")
+    ap.add_argument("--sft-weight", type=float, default=None, help="SFT loss weight (default: the recipe's 0.05)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--install", action="store_true")
     ap.add_argument("--reuse-pairs", action="store_true", help="keep WORK/prefs.jsonl from an earlier run (skip step 1)")
@@ -52,10 +60,16 @@ def main() -> int:
     log: list[dict] = []
     prefs = work / "prefs.jsonl"
     if not (args.reuse_pairs and prefs.is_file()):
-        run([py, "-m", "alignment.collect", "--model", args.model, "--out", str(prefs), "--prompts", str(args.prompts),
-             "--samples", "4", "--temperature", "1.0", "--reference-chosen", "--threads", str(args.threads)], log)
+        cmd = [py, "-m", "alignment.collect", "--model", args.model, "--out", str(prefs), "--prompts", str(args.prompts),
+               "--samples", str(args.samples), "--temperature", "1.0", "--threads", str(args.threads)]
+        cmd += [] if args.no_reference_chosen else ["--reference-chosen"]
+        cmd += ["--families", args.families] if args.families else []
+        cmd += ["--pairs-per-prompt", str(args.pairs_per_prompt)] if args.pairs_per_prompt != 1 else []
+        run(cmd, log)
     common = [f"model_name_or_path={args.model}", f"train_data=[{prefs}]", f"num_epochs={args.epochs}",
               f"lr={args.lr}", "log_with=null", f"num_threads={args.threads}", "save_steps=0", "seed=0"]
+    common += [f"beta={args.beta}"] if args.beta is not None else []
+    common += [f"sft_weight={args.sft_weight}"] if args.sft_weight is not None else []
     launch = [py, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu.yaml",
               "-m", "alignment.train", "configs/recipes/vrpo_embedded.yaml"]
     runs = {"vrpo": ["budget=8", "antithetic=true"], "naive_dpo": ["budget=1", "antithetic=false"]}

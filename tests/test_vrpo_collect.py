@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from transformers import AutoTokenizer
 
@@ -35,3 +36,18 @@ def test_pairs_are_verified(tmp_path):
     pairs, _ = collect_pairs(model, tok, rows, samples=3, temperature=1.0, gen_length=8, steps=8, block_length=8,
                              reference_chosen=False, progress=False)
     assert all(p["chosen_source"] == "sample" for p in pairs)
+
+
+def test_several_pairs_per_prompt_use_distinct_wrong_answers(tmp_path):
+    path = make_tiny_chat_checkpoint(tmp_path / "m", d_model=32, n_layers=1)
+    model = llada.LLaDAModelLM.from_pretrained(str(path)).eval()
+    tok = AutoTokenizer.from_pretrained(str(path))
+    rows = [{"prompt": "what is 2 + 2?", "answer": "4", "family": "addition"}]
+    pairs, _ = collect_pairs(model, tok, rows, samples=6, temperature=1.0, gen_length=8, steps=8, block_length=8,
+                             reference_chosen=True, progress=False, pairs_per_prompt=3)
+    assert 1 <= len(pairs) <= 3
+    assert len({p["rejected"] for p in pairs}) == len(pairs)  # distinct rejected answers
+    assert all(check_answer(p["chosen"], "4") and not check_answer(p["rejected"], "4") for p in pairs)
+    with pytest.raises(ValueError, match="pairs_per_prompt"):
+        collect_pairs(model, tok, rows, samples=2, temperature=1.0, gen_length=8, steps=8, block_length=8,
+                      progress=False, pairs_per_prompt=0)
