@@ -35,6 +35,58 @@ def run(cmd: list[str], log: list[dict]) -> None:
     log.append({"command": shlex.join(cmd), "wall_seconds": round(time.time() - t0, 1)})
 
 
+def flips(base: dict, other: dict) -> dict[str, tuple[int, int, float]]:
+    """Per family, paired against `base` on the same held-out prompts: (wrong -> right, right -> wrong, the exact
+    two-sided McNemar p-value of that split)."""
+    from math import comb
+
+    before = {(r["family"], r["prompt"]): r["correct"] for r in base["predictions"]}
+    out: dict[str, list[int]] = {}
+    for r in other["predictions"]:
+        was = before[(r["family"], r["prompt"])]
+        c = out.setdefault(r["family"], [0, 0])
+        c[0] += int(r["correct"] and not was)
+        c[1] += int(was and not r["correct"])
+    result = {}
+    for family, (gain, loss) in out.items():
+        n, k = gain + loss, min(gain, loss)
+        p = min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2 ** n) if n else 1.0
+        result[family] = (gain, loss, p)
+    return result
+
+
+def model_card(args, accuracy: dict, prefs: Path, log: list[dict], families: list[str]) -> str:
+    """README.md of llada/embedded/llada-mini-vrpo: what it is, the pairs, the commands, held-out accuracy."""
+    pairs = [json.loads(line) for line in prefs.read_text().splitlines() if line.strip()]
+    by_family: dict[str, int] = {}
+    for p in pairs:
+        by_family[p["family"]] = by_family.get(p["family"], 0) + 1
+    own = sum(p.get("chosen_source") == "sample" for p in pairs)
+    lines = [
+        "# llada-mini-vrpo", "",
+        "The embedded instruct model `llada-mini-instruct` aligned by VRPO (LLaDA 1.5: ELBO-difference DPO score, "
+        "budget n = 8 as n_t = 8 x n_yt = 1, antithetic sampling of the policy and reference ELBOs) on preference "
+        "pairs it generated itself on training-split prompts of the synthetic corpus (`alignment.collect`: a right "
+        "sample chosen, a wrong one rejected). Not a general-purpose model.", "",
+        f"- pairs: {len(pairs)} (" + ", ".join(f"{f} {n}" for f, n in sorted(by_family.items()))
+        + f"); chosen side the model's own right sample in {own}, the corpus' reference answer in {len(pairs) - own}",
+        f"- training: {args.epochs:g} epochs, lr {args.lr:g}, beta {args.beta if args.beta is not None else 0.2:g}, "
+        f"SFT weight {args.sft_weight if args.sft_weight is not None else 0.05:g} "
+        "(configs/recipes/vrpo_embedded.yaml), CPU, 1 thread",
+        "- generate like the instruct model: gen_length 32, steps 32, block_length 32", "",
+        "Held-out accuracy (bench/embedded_accuracy.py: the exact sampler, temperature 0, low-confidence remasking; "
+        "naive DPO = n 1, no antithetic sampling, trained on the same pairs with the same steps and seed):", "",
+        "| model | " + " | ".join(families) + " | overall |", "|---" * (len(families) + 2) + "|"]
+    for name, res in accuracy.items():
+        cells = [f"{res['per_family'][f]['correct']}/{res['per_family'][f]['total']}" for f in families]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * res['overall']:.1f}% |")
+    lines += ["", "Commands and wall times:", ""]
+    lines += [f"- `{e['command']}` ({e['wall_seconds']} s)".replace(sys.executable, "python").replace(str(ROOT) + "/", "")
+              for e in log]
+    lines += ["", "Reproduce: `python bench/vrpo.py " + " ".join(sys.argv[1:]) + "`", ""]
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("--work", default="runs/vrpo")
@@ -91,8 +143,15 @@ def main() -> int:
     lines = [f"## VRPO on the embedded model ({time.strftime('%Y-%m-%d')}, CPU, {args.threads} threads)", "",
              "| model | " + " | ".join(families) + " | overall |", "|---" * (len(families) + 2) + "|"]
     for name, res in accuracy.items():
-        cells = [f"{100 * res['per_family'][f]['accuracy']:.1f}" for f in families]
+        cells = [f"{100 * res['per_family'][f]['accuracy']:.1f} ({res['per_family'][f]['correct']}/"
+                 f"{res['per_family'][f]['total']})" for f in families]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * res['overall']:.1f} |")
+    lines += ["", "Paired against the SFT model on the same held-out prompts (wrong -> right / right -> wrong, exact "
+              "McNemar p), families where anything changed:", ""]
+    for name in ("vrpo", "naive_dpo"):
+        changed = {f: v for f, v in sorted(flips(accuracy["sft"], accuracy[name]).items()) if v[0] or v[1]}
+        lines.append(f"- {name}: " + ("; ".join(f"{f} +{g}/-{l} (p={p:.2g})" for f, (g, l, p) in changed.items())
+                                      or "no prompt changed"))
     if args.variance_pairs > 0:
         lines += ["", "Variance (policy = the VRPO model, reference = the SFT model):", "", table.read_text()]
     lines += ["", "Commands and wall times:", ""]
@@ -103,6 +162,8 @@ def main() -> int:
         dst = ROOT / "llada" / "embedded" / "llada-mini-vrpo"
         shutil.rmtree(dst, ignore_errors=True)
         shutil.copytree(work / "vrpo" / "final", dst, ignore=shutil.ignore_patterns("training_summary.json"))
+        (dst / "README.md").write_text(model_card(args, accuracy, prefs, log, families))
+        print(f"installed {dst}")
     return 0
 
 
