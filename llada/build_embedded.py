@@ -5,8 +5,9 @@
 1. `llada.corpus` writes the seeded synthetic corpus (pretrain.jsonl, sft_train.jsonl, heldout.jsonl).
 2. `train_tokenizer` trains a byte-level BPE (`tokenizers`) on it, with LLaDA's special tokens and the
    Instruct chat template, saved as a transformers tokenizer (loadable offline by AutoTokenizer).
-3. Pretraining of llada-mini-base, then SFT of llada-mini-instruct in two stages (the easy families, then
-   everything; see configs/recipes/embedded_sft_stage1.yaml), each by the real command
+3. Pretraining of llada-mini-base, then SFT of llada-mini-instruct in three stages (the easy families, then
+   everything, then everything with the compare family repeated; see configs/recipes/embedded_sft_stage1.yaml
+   and embedded_sft_stage3.yaml; the model of stage 3 is llada-mini-instruct), each by the real command
        accelerate launch --config_file configs/accelerate/cpu.yaml -m llada.train configs/recipes/<recipe>.yaml ...
    (commands and wall times are written to WORK/build_log.json).
 4. `bench/embedded_accuracy.py` measures held-out accuracy per task family with the sampler (a separate
@@ -124,10 +125,11 @@ def model_card(role: str, final_dir: Path, log: dict, accuracy: Optional[dict]) 
         f"- architecture: LLaDA (model_type `llada`), d_model {config['d_model']}, {config['n_layers']} layers, "
         f"{config['n_heads']} heads, SwiGLU {config['mlp_hidden_size']}, vocabulary {config['vocab_size']} "
         f"(byte-level BPE with LLaDA's special tokens; mask id {config['mask_token_id']}, EOS {config['eos_token_id']})",
-        f"- training: {stage}, {summary.get('steps', '?')} optimizer steps, final loss "
+        f"- training: {stage}{' (last stage, stage 3)' if role == 'instruct' else ''}, {summary.get('steps', '?')} "
+        f"optimizer steps, final loss "
         f"{summary.get('final_loss', float('nan')):.4f}, on CPU",
     ]
-    for key in (["pretrain"] if role == "base" else ["pretrain", "sft1", "sft"]):
+    for key in (["pretrain"] if role == "base" else ["pretrain", "sft1", "sft", "sft3"]):
         if key in log:
             lines += [f"- {key} command: `{log[key]['command']}`",
                       f"- {key} wall time: {log[key]['wall_seconds']:.0f} s ({log[key]['date']}, CPU, 1 thread)"]
@@ -152,8 +154,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads of the training process (1: robust when the CPU is shared)")
     parser.add_argument("--install", action="store_true", help="copy the models into llada/embedded/")
-    parser.add_argument("--stages", default="corpus,tokenizer,pretrain,sft1,sft,eval",
-                        help="comma-separated subset of corpus,tokenizer,pretrain,sft1,sft,eval")
+    parser.add_argument("--stages", default="corpus,tokenizer,pretrain,sft1,sft,sft3,eval",
+                        help="comma-separated subset of corpus,tokenizer,pretrain,sft1,sft,sft3,eval")
     args = parser.parse_args(argv)
     stages = set(args.stages.split(","))
     work = (REPO / args.work) if not os.path.isabs(args.work) else Path(args.work)
@@ -187,16 +189,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f"train_data=[{corpus_dir / 'sft_train.jsonl'}]",
                              f"model_name_or_path={work / 'instruct_stage1' / 'final'}", f"num_threads={args.threads}"],
                    log, "sft", env)
+    if "sft3" in stages:
+        run_logged(launch + ["configs/recipes/embedded_sft_stage3.yaml", f"output_dir={work / 'instruct_stage3'}",
+                             f"train_data=[{corpus_dir / 'sft_stage3.jsonl'}]",
+                             f"model_name_or_path={work / 'instruct' / 'final'}", f"num_threads={args.threads}"],
+                   log, "sft3", env)
     log_path.write_text(json.dumps(log, indent=2) + "\n")
     if "eval" in stages:
-        run_logged([sys.executable, "bench/embedded_accuracy.py", str(work / "instruct" / "final"),
+        run_logged([sys.executable, "bench/embedded_accuracy.py", str(work / "instruct_stage3" / "final"),
                     "--heldout", str(corpus_dir / "heldout.jsonl"), "--out", str(work / "eval_instruct.json"),
                     "--threads", str(args.threads)], log, "eval", env)
     log_path.write_text(json.dumps(log, indent=2) + "\n")
     if args.install:
         eval_path = work / "eval_instruct.json"
         accuracy = json.loads(eval_path.read_text()) if eval_path.is_file() else None
-        for role, sub in (("base", "base"), ("instruct", "instruct")):
+        for role, sub in (("base", "base"), ("instruct", "instruct_stage3")):
             target = install(work / sub / "final", role)
             if role == "instruct":  # the sampler settings the model was trained for (sft_response_length)
                 gen = json.loads((target / "generation_config.json").read_text())

@@ -23,6 +23,9 @@ Files written by `write_corpus` (`python -m llada.corpus OUT_DIR`):
     sft_train.jsonl  {"messages": [...], "family", "answer"}          chat data (a few multi-turn)
     sft_stage1.jsonl the rows of sft_train.jsonl of the `stage1_families` (curriculum: the instruct model is
                      first tuned on the easy families, which teaches a small model to read the prompt at all)
+    sft_stage3.jsonl sft_train.jsonl with the rows of the `stage3_repeats` families repeated (seeded shuffle): a
+                     last stage with compare at a third of the mix (at a ninth, in stage 2, the mini model
+                     answers almost every compare prompt with one fixed number)
     heldout.jsonl    {"prompt", "answer", "family", "messages"}       evaluation split
 """
 
@@ -105,6 +108,8 @@ class CorpusConfig:
     multi_turn_fraction: float = 0.05
     #: families of the first SFT stage (sft_stage1.jsonl)
     stage1_families: tuple = ("parity", "knowledge")
+    #: the third SFT stage (sft_stage3.jsonl): sft_train.jsonl plus this many extra copies of these families' rows
+    stage3_repeats: dict = field(default_factory=lambda: {"compare": 3})
     #: family mix of the SFT split (relative weights)
     family_weights: dict = field(
         default_factory=lambda: {"reverse": 1.0, "sort": 1.0, "addition": 1.0, "subtraction": 1.0,
@@ -375,15 +380,20 @@ def write_jsonl(path: Path, rows: Sequence[dict]) -> None:
 
 
 def write_corpus(out_dir: str | Path, config: Optional[CorpusConfig] = None) -> dict[str, Path]:
-    """Write pretrain.jsonl, sft_train.jsonl, sft_stage1.jsonl, heldout.jsonl (and corpus_config.json) to `out_dir`."""
+    """Write pretrain.jsonl, sft_train.jsonl, sft_stage1.jsonl, sft_stage3.jsonl, heldout.jsonl (and
+    corpus_config.json) to `out_dir`."""
     config = config or CorpusConfig()
     out = Path(out_dir)
     paths = {"pretrain": out / "pretrain.jsonl", "sft_train": out / "sft_train.jsonl",
-             "sft_stage1": out / "sft_stage1.jsonl", "heldout": out / "heldout.jsonl"}
+             "sft_stage1": out / "sft_stage1.jsonl", "sft_stage3": out / "sft_stage3.jsonl",
+             "heldout": out / "heldout.jsonl"}
     write_jsonl(paths["pretrain"], pretrain_split(config))
     sft = sft_train_split(config)
     write_jsonl(paths["sft_train"], sft)
     write_jsonl(paths["sft_stage1"], [r for r in sft if r["family"] in config.stage1_families])
+    stage3 = list(sft) + [r for r in sft for _ in range(config.stage3_repeats.get(r["family"], 0))]
+    random.Random(config.seed + 3).shuffle(stage3)
+    write_jsonl(paths["sft_stage3"], stage3)
     write_jsonl(paths["heldout"], heldout_split(config))
     (out / "corpus_config.json").write_text(json.dumps(asdict(config), indent=2) + "\n")
     return paths

@@ -476,5 +476,10 @@ def test_corpus_is_seeded_split_and_checkable(tmp_path):
                    if m["role"] == "user" and m["content"].startswith(("Which is larger", "Which number is bigger",
                                                                        "Say the larger number"))}
     assert train_pairs and not held_pairs & train_pairs
+    # stage 3: sft_train plus repeated compare rows
+    stage3 = [json.loads(line) for line in (tmp_path / "a" / "sft_stage3.jsonl").read_text().splitlines()]
+    n_compare = sum(r["family"] == "compare" for r in train)
+    assert len(stage3) == len(train) + cfg.stage3_repeats["compare"] * n_compare
+    assert sum(r["family"] == "compare" for r in stage3) == (1 + cfg.stage3_repeats["compare"]) * n_compare
     assert not any(f"The larger of {a} and {b} " in pretrain_text or f"The larger of {b} and {a} " in pretrain_text
                    for a, b in map(sorted, held_pairs))
