@@ -114,10 +114,9 @@ def _vision_tab(gr, vision, defaults: DemoSettings, examples: Sequence[str]) -> 
     with gr.Row():
         with gr.Column(scale=1):
             upload = gr.File(label="Image (PNG, JPEG, WebP, BMP, GIF)", file_types=["image"], elem_id="vision-upload")
-            if examples:
-                picked = gr.Dropdown([Path(e).name for e in examples], label="...or a bundled example",
-                                     elem_id="vision-example", value=None)
-            preview = gr.Image(label="Image", interactive=False, elem_id="vision-preview", type="pil")
+            picked = gr.Dropdown([Path(e).name for e in examples], label="...or a bundled example",
+                                 elem_id="vision-example", value=None, visible=bool(examples))
+            preview = gr.Image(label="Image", interactive=False, elem_id="vision-preview", type="pil", height=224)
         with gr.Column(scale=2):
             question = gr.Textbox(placeholder="Ask about the image", show_label=False, elem_id="vision-input")
             ask = gr.Button("Ask", variant="primary", elem_id="vision-send")
@@ -126,26 +125,25 @@ def _vision_tab(gr, vision, defaults: DemoSettings, examples: Sequence[str]) -> 
             error = gr.Markdown("", elem_id="vision-error")
     controls = _settings_controls(gr, defaults)
     by_name = {Path(e).name: e for e in examples}
+    current = gr.State(None)  # the image the next question is about: the last upload or the last example picked
 
-    def chosen_path(file, example_name):
-        if file is not None:
-            return file if isinstance(file, str) else getattr(file, "name", None)
-        if example_name:
-            return by_name.get(example_name)
-        return None
-
-    def show(file, example_name=None):
-        path = chosen_path(file, example_name)
+    def show(path):
         if path is None:
-            return None, ""
+            return None, None, ""
         try:
-            return vision.load_image(path), ""
+            return path, vision.load_image(path), ""
         except ValueError as err:
-            return None, f"**Error:** {err}"
+            return None, None, f"**Error:** {err}"
 
-    def respond(file, example_name, text, *values):
+    def uploaded(file):
+        path = file if isinstance(file, str) or file is None else getattr(file, "name", None)
+        return (*show(path), gr.update(value=None))
+
+    def chose(name):
+        return (*show(by_name.get(name) if name else None), gr.update(value=None))
+
+    def respond(path, text, *values):
         try:
-            path = chosen_path(file, example_name)
             if path is None:
                 raise ValueError("upload an image or pick a bundled example first")
             settings = _settings(values)
@@ -157,11 +155,11 @@ def _vision_tab(gr, vision, defaults: DemoSettings, examples: Sequence[str]) -> 
             log.exception("vision request failed")
             yield gr.update(), "", f"**Error:** {type(err).__name__}: {err}"
 
-    example_input = picked if examples else gr.State(None)
-    upload.change(show, [upload, example_input], [preview, error])
-    if examples:
-        picked.change(lambda name: show(None, name), [picked], [preview, error])
-    inputs = [upload, example_input, question, *controls]
+    # .upload / .input fire on the visitor's actions only, so clearing the other input does not cascade
+    upload.upload(uploaded, [upload], [current, preview, error, picked])
+    upload.clear(lambda: (None, None, ""), None, [current, preview, error])
+    picked.input(chose, [picked], [current, preview, error, upload])
+    inputs = [current, question, *controls]
     ask.click(respond, inputs, [denoise, answer, error])
     question.submit(respond, inputs, [denoise, answer, error])
 

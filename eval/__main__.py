@@ -1,7 +1,8 @@
 """`python -m eval` / `llada eval`: the lm_eval command line with the `llada` model registered.
 
 Every lm_eval flag is forwarded unchanged. Two defaults are added when absent:
-    --model llada                     (the adapter in eval/lm_eval_adapter.py)
+    --model llada                     (the adapter in eval/lm_eval_adapter.py; `llada_v`, its LLaDA-V subclass,
+                                       when a local image task such as llada_shapes is asked for)
     --include_path <eval/tasks>       (the local offline tasks: llada_arith_mc, llada_knowledge_mc,
                                        llada_arith, llada_reverse, group llada_local)
 
@@ -9,6 +10,7 @@ Every lm_eval flag is forwarded unchanged. Two defaults are added when absent:
     python -m eval --model_args pretrained=GSAI-ML/LLaDA-8B-Instruct,gen_length=256,steps=256,block_length=32 \\
         --tasks gsm8k --apply_chat_template --batch_size 4
     accelerate launch --num_processes 2 -m eval --tasks llada_arith_mc --output_path out/
+    python -m eval --tasks llada_shapes --limit 20         (image questions, the embedded LLaDA-V)
     python -m eval ls tasks               (lm_eval subcommands work too)
 
 The model defaults to the embedded instruct model when `pretrained` is not in --model_args. When every task
@@ -41,7 +43,8 @@ def lm_eval_argv(argv: Sequence[str]) -> list[str]:
     rest = argv[1:] if argv and argv[0] in _SUBCOMMANDS else argv
     extra: list[str] = []
     if command == "run" and not _has_flag(rest, "--model", "-M"):
-        extra += ["--model", "llada"]
+        tasks = requested_tasks(rest)
+        extra += ["--model", "llada_v" if set(tasks) & local_image_tasks() else "llada"]
     if command in _SUBCOMMANDS and not _has_flag(rest, "--include_path"):
         extra += ["--include_path", str(TASKS_DIR)]
     elif _has_flag(rest, "--include_path"):
@@ -51,6 +54,19 @@ def lm_eval_argv(argv: Sequence[str]) -> list[str]:
             file=sys.stderr,
         )
     return [command] + extra + rest
+
+
+def local_image_tasks() -> set[str]:
+    """Local tasks that send images (a `doc_to_image` in their YAML): served by the `llada_v` model."""
+    import re
+
+    names = set()
+    for path in sorted(TASKS_DIR.glob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        task = re.search(r"^task:\s*(\S+)", text, flags=re.M)
+        if task and re.search(r"^doc_to_image:", text, flags=re.M):
+            names.add(task.group(1))
+    return names
 
 
 def local_task_names() -> set[str]:

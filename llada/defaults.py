@@ -16,7 +16,7 @@ EMBEDDED_MODELS = {
     "base": "llada-mini-base",
     "instruct": "llada-mini-instruct",
     "vrpo": "llada-mini-vrpo",
-    "vision": "llada-v-mini",
+    "vision": "llada-mini-vision",
 }
 
 

@@ -62,6 +62,10 @@ class VisionTrainConfig:
     image_aspect_ratio: str = "anyres_max_4"
     image_grid_pinpoints: Any = "(1x1),...,(6x6)"
     tokenizer_name_or_path: Optional[str] = None  # default: the model's / language model's folder
+    # new words for the tokenizer of a NEW LLaDA-V (with language_model): e.g. a domain's answer words, so that
+    # each is one token; they take the language model's spare embedding rows (embedding_size > vocab_size),
+    # or the embedding and head grow; their rows start as the mean of the existing ones (trained in stage 2)
+    added_tokens: list = field(default_factory=list)
     # ---- data (LLaVA JSON: {"image": ..., "conversations": [{"from", "value"}, ...]})
     train_data: list = field(default_factory=list)
     image_folder: Optional[str] = None
@@ -112,6 +116,11 @@ class VisionTrainConfig:
         if (self.model_name_or_path is None) == (not built):
             problems.append("give exactly one of model_name_or_path (an LLaDA-V checkpoint) or language_model "
                             "(+ vision_tower or vision_config) to build one")
+        if self.added_tokens and not built:
+            problems.append("added_tokens only applies when a new LLaDA-V is built from language_model (a "
+                            "checkpoint's tokenizer already holds its words)")
+        if len(set(map(str, self.added_tokens))) != len(self.added_tokens) or any(not str(t) for t in self.added_tokens):
+            problems.append(f"added_tokens={self.added_tokens!r} must be distinct, non-empty words")
         if built and (self.vision_tower is None) == (self.vision_config is None):
             problems.append("a new LLaDA-V needs exactly one of vision_tower (a SigLIP checkpoint) or vision_config")
         if isinstance(self.train_data, str):
@@ -141,8 +150,11 @@ class VisionTrainConfig:
 
 
 # --------------------------------------------------------------------------- model
-def build_llada_v(config: VisionTrainConfig):
-    """A new LLaDA-V: the language model's weights, the tower's (or a random tower), a new connector."""
+def build_llada_v(config: VisionTrainConfig, vocab_size: Optional[int] = None):
+    """A new LLaDA-V: the language model's weights, the tower's (or a random tower), a new connector.
+
+    `vocab_size`: the tokenizer's length when `added_tokens` grew it: the config's vocab_size follows it, and the
+    embedding / head grow (to a multiple of 64) when it exceeds their rows; the new rows are the mean row."""
     from transformers import AutoConfig, SiglipVisionModel
 
     from llada import LLaDAModelLM
@@ -154,6 +166,11 @@ def build_llada_v(config: VisionTrainConfig):
     fields = lm_config.to_dict()
     for key in ("model_type", "architectures", "auto_map", "transformers_version", "_name_or_path", "name_or_path"):
         fields.pop(key, None)
+    rows = lm_config.padded_vocab_size
+    if vocab_size is not None and vocab_size > lm_config.vocab_size:
+        fields["vocab_size"] = vocab_size
+        if vocab_size > rows:
+            fields["embedding_size"] = -(-vocab_size // 64) * 64
     if config.vision_tower is not None:
         vision_config = resolve_vision_config(config.vision_tower, None)
     else:
@@ -171,7 +188,14 @@ def build_llada_v(config: VisionTrainConfig):
     )
     model = LlavaLLaDAModelLM(llava_config)
     lm = LLaDAModelLM.from_pretrained(config.language_model, dtype=torch.float32)
-    missing, unexpected = model.load_state_dict(lm.state_dict(), strict=False)
+    state = lm.state_dict()
+    new_rows = llava_config.padded_vocab_size
+    if new_rows > rows:  # grown embedding / head: old rows copied, new ones the mean row
+        for key, value in list(state.items()):
+            if value.dim() == 2 and value.shape[0] == rows and key.endswith(("transformer.wte.weight", "transformer.ff_out.weight")) \
+                    and ".blocks." not in key:
+                state[key] = torch.cat([value, value.mean(0, keepdim=True).expand(new_rows - rows, -1)])
+    missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("model.vision_tower.", "model.mm_projector.", "model.image_newline"))]
     if missing or unexpected:
         raise ValueError(f"language model {config.language_model}: weights do not fit (missing {missing[:4]}, "
@@ -191,15 +215,20 @@ def load_model_and_tokenizer(config: VisionTrainConfig):
 
     from .modeling_llava_llada import LlavaLLaDAModelLM
 
-    if config.model_name_or_path is not None:
-        model = LlavaLLaDAModelLM.from_pretrained(config.model_name_or_path, dtype=torch.float32)
-    else:
-        model = build_llada_v(config)
     name = config.tokenizer_name_or_path or config.model_name_or_path or config.language_model
     tokenizer = AutoTokenizer.from_pretrained(name)
     if getattr(tokenizer, "chat_template", None) is None:
         tokenizer.chat_template = LLADA_CHAT_TEMPLATE
-    return model, tokenizer
+    if config.model_name_or_path is not None:
+        return LlavaLLaDAModelLM.from_pretrained(config.model_name_or_path, dtype=torch.float32), tokenizer
+    vocab = None
+    if config.added_tokens:
+        known = [t for t in map(str, config.added_tokens) if t in tokenizer.get_vocab()]
+        if known:
+            raise ValueError(f"added_tokens {known} are already tokens of {name}")
+        tokenizer.add_tokens([str(t) for t in config.added_tokens])
+        vocab = len(tokenizer)
+    return build_llada_v(config, vocab), tokenizer
 
 
 def set_trainable(model, config: VisionTrainConfig) -> list[dict]:

@@ -42,3 +42,37 @@ def reverse(**_):
 
 def text(**_):
     return _load("text")
+
+
+# ------------------------------------------------------------------------------------------ llada_shapes (images)
+SHAPES_DIR = DATA_DIR / "shapes"
+
+
+def shapes(**_):
+    """The held-out questions of the synthetic shapes corpus (`python -m vision.shapes eval/tasks/data/shapes
+    --lm-eval-task`), with the image file name of each."""
+    import datasets
+
+    path = SHAPES_DIR / "shapes.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"local task data {path} is missing; run "
+                                f"`python -m vision.shapes eval/tasks/data/shapes --lm-eval-task`")
+    with open(path, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    return datasets.DatasetDict({"test": datasets.Dataset.from_list(rows)})
+
+
+def shapes_image(doc) -> list:
+    """`doc_to_image`: the document's image as a PIL image (lm-eval passes it to the model as `visual`)."""
+    from PIL import Image
+
+    with Image.open(SHAPES_DIR / doc["image"]) as img:
+        return [img.convert("RGB")]
+
+
+def shapes_process_results(doc, results) -> dict:
+    """acc: the generated answer states the expected label of the question's type and no other
+    (`vision.shapes.check_answer`: "Red." == "red", "Two." == "2")."""
+    from vision.shapes import check_answer
+
+    return {"acc": float(check_answer(doc["type"], doc["answer"], results[0]))}
