@@ -83,8 +83,17 @@ def model_card(args, accuracy: dict, prefs: Path, log: list[dict], families: lis
     lines += ["", "Commands and wall times:", ""]
     lines += [f"- `{e['command']}` ({e['wall_seconds']} s)".replace(sys.executable, "python").replace(str(ROOT) + "/", "")
               for e in log]
-    lines += ["", "Reproduce: `python bench/vrpo.py " + " ".join(sys.argv[1:]) + "`", ""]
+    argv = [("--install" if a == "--install-only" else a) for a in sys.argv[1:]]
+    lines += ["", "Reproduce: `python bench/vrpo.py " + " ".join(argv) + "`", ""]
     return "\n".join(lines)
+
+
+def install(args, work: Path, accuracy: dict, prefs: Path, log: list[dict], families: list[str]) -> None:
+    dst = ROOT / "llada" / "embedded" / "llada-mini-vrpo"
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(work / "vrpo" / "final", dst, ignore=shutil.ignore_patterns("training_summary.json"))
+    (dst / "README.md").write_text(model_card(args, accuracy, prefs, log, families))
+    print(f"installed {dst}")
 
 
 def main() -> int:
@@ -105,12 +114,24 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--install", action="store_true")
     ap.add_argument("--reuse-pairs", action="store_true", help="keep WORK/prefs.jsonl from an earlier run (skip step 1)")
+    ap.add_argument("--install-only", action="store_true",
+                    help="install WORK's finished VRPO model (and its card) without running anything")
     args = ap.parse_args()
     work = (ROOT / args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     py = sys.executable
     log: list[dict] = []
     prefs = work / "prefs.jsonl"
+    if args.install_only:
+        accuracy = {n: json.loads((work / f"accuracy_{n}.json").read_text()) for n in ("sft", "vrpo", "naive_dpo")}
+        if (work / "log.json").is_file():
+            log = json.loads((work / "log.json").read_text())
+        else:  # an older run: the commands of its report.md
+            import re
+            log = [{"command": m.group(1), "wall_seconds": float(m.group(2))} for m in
+                   re.finditer(r"^- `(.+)` \(([\d.]+) s\)$", (work / "report.md").read_text(), re.M)]
+        install(args, work, accuracy, prefs, log, sorted(accuracy["sft"]["per_family"]))
+        return 0
     if not (args.reuse_pairs and prefs.is_file()):
         cmd = [py, "-m", "alignment.collect", "--model", args.model, "--out", str(prefs), "--prompts", str(args.prompts),
                "--samples", str(args.samples), "--temperature", "1.0", "--threads", str(args.threads)]
@@ -158,12 +179,9 @@ def main() -> int:
     lines += [f"- `{e['command']}` ({e['wall_seconds']} s)" for e in log]
     (work / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+    (work / "log.json").write_text(json.dumps(log, indent=1) + "\n")
     if args.install:
-        dst = ROOT / "llada" / "embedded" / "llada-mini-vrpo"
-        shutil.rmtree(dst, ignore_errors=True)
-        shutil.copytree(work / "vrpo" / "final", dst, ignore=shutil.ignore_patterns("training_summary.json"))
-        (dst / "README.md").write_text(model_card(args, accuracy, prefs, log, families))
-        print(f"installed {dst}")
+        install(args, work, accuracy, prefs, log, families)
     return 0
 
 
