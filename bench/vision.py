@@ -91,16 +91,26 @@ def run_variant(args) -> dict:
         suppress = [126081, 126080, 126346, 126347]  # the LLaDA tokenizer's EOS, BOS, header ids (random model)
         prompt = torch.tensor([126080, 126346, 3840, 126347, 198, 198, -200, 70468, 44766, 126348,
                                126346, 598, 10450, 126347, 198, 198])
-    else:
+    elif Path(args.model).resolve() == FIXTURE.resolve():  # the fixture's prompt ids (it has no tokenizer)
+        from safetensors.torch import load_file
         from transformers import AutoModel
 
         model = AutoModel.from_pretrained(args.model, dtype=dtype).to(device).eval()
-        meta = FIXTURE / "expected.json"
-        expected = json.loads(meta.read_text())
+        expected = json.loads((FIXTURE / "expected.json").read_text())
         suppress = expected["ids"]["suppressed_at_masked_positions_in_generate"]
-        from safetensors.torch import load_file
-
         prompt = load_file(str(FIXTURE / "expected.safetensors"))["generate.input_ids"]
+    else:  # a checkpoint with a tokenizer: the llava_llada prompt of --question
+        from transformers import AutoModel, AutoTokenizer
+
+        from vision.conversation import build_messages, encode_prompt
+
+        model = AutoModel.from_pretrained(args.model, dtype=dtype).to(device).eval()
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+        from vision.generation import default_suppress_tokens
+
+        suppress = default_suppress_tokens(model, tokenizer)
+        prompt = torch.tensor(encode_prompt(tokenizer, build_messages(args.question),
+                                            image_token_index=model.config.image_token_index))
     image = args.image or str(FIXTURE / "image.png")
     settings = dict(steps=args.steps, gen_length=args.gen_length, block_length=args.block_length,
                     suppress_tokens=suppress, **VARIANTS[args.variant])
@@ -142,6 +152,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--variant", default=None, help=argparse.SUPPRESS)  # child process
+    parser.add_argument("--question", default="What colour is the shape?",
+                        help="the question (checkpoints with a tokenizer; the fixture and random models use fixed ids)")
     parser.add_argument("--out", default=None, help="append a markdown section to this file")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(ROOT))
@@ -150,10 +162,12 @@ def main(argv=None) -> int:
     if args.variant:
         print(json.dumps(run_variant(args)))
         return 0
+    given = list(argv if argv is not None else sys.argv[1:])
+    child_args = [a for i, a in enumerate(given)  # without --out and its value
+                  if not a.startswith("--out") and not (i > 0 and given[i - 1] == "--out")]
     rows = []
     for variant in args.variants.split(","):
-        cmd = [sys.executable, __file__, "--variant", variant] + [a for a in (argv if argv is not None else sys.argv[1:])
-                                                                  if not a.startswith("--out")]
+        cmd = [sys.executable, __file__, "--variant", variant] + child_args
         if args.model and "--model" not in cmd:
             cmd += ["--model", args.model]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))

@@ -385,7 +385,6 @@ class LLaDAEvalModel(TemplateLM):
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         import sampling
-        from llada.tokenization import left_pad
 
         prepared = []
         for req in requests:
@@ -397,31 +396,39 @@ class LLaDAEvalModel(TemplateLM):
                 raise ValueError(f"gen_length={cfg.gen_length} leaves no room for the prompt (max_length {self.max_length})")
             ids = ids[-room:] or [self.prefix_token_id]
             prepared.append((ids, cfg, until))
-        # batch requests with the same sampler settings, longest prompts first
-        groups: dict[str, list[int]] = {}
-        for i, (ids, cfg, _) in enumerate(prepared):
-            groups.setdefault(repr(sorted(cfg.to_dict().items())), []).append(i)
         out: list[Optional[str]] = [None] * len(requests)
-        bar = tqdm(total=len(requests), desc="llada generate_until", disable=disable_tqdm or self.rank != 0)
+        for idx, cfg, ids, attention_mask, generator in self._generation_batches(
+                requests, prepared, "llada generate_until", disable_tqdm):
+            seqs = sampling.generate(self.model, ids, attention_mask, config=cfg, generator=generator)
+            for row, i in enumerate(idx):
+                text = self.postprocess_generation(seqs[row, ids.shape[1]:].tolist(), prepared[i][2])
+                out[i] = text
+                self.cache_hook.add_partial("generate_until", requests[i].args, text)
+        return out  # type: ignore[return-value]
+
+    def _generation_batches(self, requests, prepared, desc: str, disable_tqdm: bool):
+        """Batches of `prepared` (rows starting (prompt ids, SamplerConfig, ...)): requests with the same sampler
+        settings together, longest prompts first; yields (indices, config, left-padded ids, attention mask or None,
+        generator seeded by the batch's contexts when sampling is random)."""
+        from llada.tokenization import left_pad
+
+        groups: dict[str, list[int]] = {}
+        for i, row in enumerate(prepared):
+            groups.setdefault(repr(sorted(row[1].to_dict().items())), []).append(i)
+        bar = tqdm(total=len(requests), desc=desc, disable=disable_tqdm or self.rank != 0)
         for members in groups.values():
             members.sort(key=lambda i: -len(prepared[i][0]))
             for start in range(0, len(members), self.batch_size):
                 idx = members[start:start + self.batch_size]
                 cfg = prepared[idx[0]][1]
                 ids, mask = left_pad([prepared[i][0] for i in idx], self.special.pad, device=self._device)
-                attention_mask = None if bool(mask.all()) else mask
                 generator = None
                 if cfg.temperature > 0 or cfg.remasking == "random":
                     generator = torch.Generator(device=self._device).manual_seed(
                         request_seed(self.seed, *(requests[i].args[0] for i in idx)))
-                seqs = sampling.generate(self.model, ids, attention_mask, config=cfg, generator=generator)
-                for row, i in enumerate(idx):
-                    text = self.postprocess_generation(seqs[row, ids.shape[1]:].tolist(), prepared[i][2])
-                    out[i] = text
-                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
+                yield idx, cfg, ids, None if bool(mask.all()) else mask, generator
                 bar.update(len(idx))
         bar.close()
-        return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------------- distributed
     def all_gather(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -528,7 +535,6 @@ class LLaDAVisionEvalModel(LLaDAEvalModel):
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         if not requests or all(len(req.args) < 3 or not (req.args[2] or {}).get("visual") for req in requests):
             return super().generate_until(requests, disable_tqdm=disable_tqdm)
-        from llada.tokenization import left_pad
         from vision.generation import generate
 
         prepared = []
@@ -539,32 +545,18 @@ class LLaDAVisionEvalModel(LLaDAEvalModel):
                 raise ValueError("llada_v: a batch mixes requests with and without images; run text tasks separately")
             cfg, until = self._request_sampler(gen_kwargs)
             prepared.append((self.image_prompt_ids(context, len(visuals)), cfg, until, visuals))
-        groups: dict[str, list[int]] = {}
-        for i, (_, cfg, _, _) in enumerate(prepared):
-            groups.setdefault(repr(sorted(cfg.to_dict().items())), []).append(i)
         out: list[Optional[str]] = [None] * len(requests)
-        bar = tqdm(total=len(requests), desc="llada_v generate_until (images)", disable=disable_tqdm or self.rank != 0)
-        for members in groups.values():
-            members.sort(key=lambda i: -len(prepared[i][0]))
-            for start in range(0, len(members), self.batch_size):
-                idx = members[start:start + self.batch_size]
-                cfg = prepared[idx[0]][1]
-                ids, mask = left_pad([prepared[i][0] for i in idx], self.special.pad, device=self._device)
-                images = [im for i in idx for im in prepared[i][3]]
-                generator = None
-                if cfg.temperature > 0 or cfg.remasking == "random":
-                    generator = torch.Generator(device=self._device).manual_seed(
-                        request_seed(self.seed, *(requests[i].args[0] for i in idx)))
-                result = generate(self.model, ids, images, attention_mask=None if bool(mask.all()) else mask,
-                                  config=cfg, stop_sequences=["<|eot_id|>"], tokenizer=self.tokenizer,
-                                  generator=generator, return_dict=True, prompt_cache=self.prompt_cache)
-                for row, i in enumerate(idx):
-                    kept = result.sequences[row, : int(result.lengths[row])].tolist()
-                    text = self.postprocess_generation(kept, prepared[i][2])
-                    out[i] = text
-                    self.cache_hook.add_partial("generate_until", requests[i].args, text)
-                bar.update(len(idx))
-        bar.close()
+        for idx, cfg, ids, mask, generator in self._generation_batches(
+                requests, prepared, "llada_v generate_until (images)", disable_tqdm):
+            images = [im for i in idx for im in prepared[i][3]]
+            result = generate(self.model, ids, images, attention_mask=mask, config=cfg, stop_sequences=["<|eot_id|>"],
+                              tokenizer=self.tokenizer, generator=generator, return_dict=True,
+                              prompt_cache=self.prompt_cache)
+            for row, i in enumerate(idx):
+                kept = result.sequences[row, : int(result.lengths[row])].tolist()
+                text = self.postprocess_generation(kept, prepared[i][2])
+                out[i] = text
+                self.cache_hook.add_partial("generate_until", requests[i].args, text)
         return out  # type: ignore[return-value]
 
     def get_model_info(self) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -50,13 +51,17 @@ def server(tmp_path_factory):
         from helpers import make_tiny_chat_checkpoint
 
         args += ["--model", str(make_tiny_chat_checkpoint(tmp_path_factory.mktemp("chat")))]
+    with demo_server("--gen-length", "16", "--steps", "8", "--block-length", "8", *args) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def demo_server(*args: str):
+    """The real demo server (`python -m demo.app`, one torch thread, on a free port) until the block ends."""
     port = _free_port()
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "demo.app", "--port", str(port), "--threads", "1", "--gen-length", "16",
-         "--steps", "8", "--block-length", "8", *args],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+    proc = subprocess.Popen([sys.executable, "-m", "demo.app", "--port", str(port), "--threads", "1", *args],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         _wait_for(port, proc)
         yield f"http://127.0.0.1:{port}"

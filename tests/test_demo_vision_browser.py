@@ -4,10 +4,7 @@ error with the next request still answered, and a vision and a chat session serv
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,7 @@ from llada.defaults import embedded_model_path
 from vision.shapes import answer_labels
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_demo_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS, ROOT, _free_port, _send_chat, _wait_for  # noqa: E402
+from test_demo_browser import ARTIFACTS, CHROMIUM, _send_chat, browser, demo_server  # noqa: E402,F401
 
 GEN = ["--gen-length", "16", "--steps", "16", "--block-length", "16"]
 
@@ -28,29 +25,8 @@ def server():
     for role in ("instruct", "vision"):
         if not (embedded_model_path(role) / "config.json").is_file():
             pytest.fail(f"the embedded {role} model is missing at {embedded_model_path(role)}")
-    port = _free_port()
-    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "demo.app", "--port", str(port), "--threads", "1", *GEN],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    try:
-        _wait_for(port, proc)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield b
-        b.close()
+    with demo_server(*GEN) as url:
+        yield url
 
 
 def _vision_page(browser, server):
@@ -85,14 +61,13 @@ def _wait_answer(page, timeout: float = 60_000) -> str:
 
 
 def test_bundled_example_answered_with_denoising(server, browser):
-    start = time.time()
     ARTIFACTS.mkdir(exist_ok=True)
     page = _vision_page(browser, server)
-    name = _pick_example(page, "example_1")
-    _ask(page, "What colour is the shape?" if name.count("-") == 1 else "How many shapes are there?")
+    _pick_example(page, "example_1_1-shape")
+    _ask(page, "What colour is the shape?")
     answer = _wait_answer(page)
     # an answer of the asked kind, drawn out of the masks: the final view has no mask left
-    labels = answer_labels("colour" if name.count("-") == 1 else "count", answer)
+    labels = answer_labels("colour", answer)
     assert len(labels) == 1, answer
     legend = page.locator("#vision-denoising .legend").inner_text()
     assert "step" in legend and "0 masked" in legend
@@ -101,11 +76,9 @@ def test_bundled_example_answered_with_denoising(server, browser):
     assert "Error" not in page.locator("#vision-error").inner_text()
     page.screenshot(path=str(ARTIFACTS / "demo_vision.png"), full_page=True)
     page.context.close()
-    assert time.time() - start < 60
 
 
 def test_corrupt_upload_shows_error_and_next_request_works(server, browser, tmp_path):
-    start = time.time()
     corrupt = tmp_path / "broken.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4)
     page = _vision_page(browser, server)
@@ -116,22 +89,20 @@ def test_corrupt_upload_shows_error_and_next_request_works(server, browser, tmp_
     _ask(page, "What colour is the shape?")  # no usable image chosen: an error, not a crash
     page.wait_for_function("() => document.querySelector('#vision-error').innerText.includes('upload an image')",
                            timeout=30_000)
-    _pick_example(page, "example_4")
+    _pick_example(page, "example_5_1-shape")
     _ask(page, "What colour is the shape?")
     answer = _wait_answer(page)
     assert len(answer_labels("colour", answer)) == 1, answer
     assert "Error" not in page.locator("#vision-error").inner_text()
     page.context.close()
-    assert time.time() - start < 60
 
 
 def test_vision_and_chat_sessions_at_once(server, browser):
-    start = time.time()
     vision_page = _vision_page(browser, server)
     chat_page = browser.new_context().new_page()
     chat_page.goto(server)
     chat_page.wait_for_selector("#chat-input textarea", timeout=60_000)
-    _pick_example(vision_page, "example_3")
+    _pick_example(vision_page, "example_4_3-shapes")
     _ask(vision_page, "How many shapes are there?")
     _send_chat(chat_page, "What is 2 + 2?")
     answer = _wait_answer(vision_page)
@@ -141,4 +112,3 @@ def test_vision_and_chat_sessions_at_once(server, browser):
     assert "Error" not in chat_page.locator("#chat-error").inner_text()
     vision_page.context.close()
     chat_page.context.close()
-    assert time.time() - start < 60

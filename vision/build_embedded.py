@@ -51,7 +51,7 @@ class BuildConfig:
     language_model: str = "llada/embedded/llada-mini-instruct"
     stage1_steps: int = 150
     stage2_warmup_steps: int = 300  # stage 2 on the colour questions alone first (0: no warm-up)
-    stage2_steps: int = 1000
+    stage2_steps: int = 2500
     micro_batch_size: int = 16
     threads: int = 1
     nice: int = 10
@@ -203,7 +203,8 @@ def model_card(final_dir: Path, log: dict, accuracy: Optional[dict], config: Bui
         f"{vc.num_hidden_layers - 1} are kept), image_aspect_ratio `{cfg.image_aspect_ratio}`, one image_newline row",
         f"- connector: `{cfg.mm_projector_type}` ({cfg.mm_hidden_size} -> {cfg.d_model} -> {cfg.d_model})",
         f"- language model: the embedded `llada-mini-instruct` (d_model {cfg.d_model}, {cfg.n_layers} layers, vocabulary "
-        f"{cfg.vocab_size}; mask id {cfg.mask_token_id}, EOS {cfg.eos_token_id}), weights copied in and trained in stage 2",
+        f"{cfg.vocab_size}; mask id {cfg.mask_token_id}, EOS {cfg.eos_token_id}), weights copied in and trained in stage 2; "
+        "the tokenizer adds the shape and position names as single tokens (`vision.shapes.DOMAIN_TOKENS`)",
         "- prompt: the llava_llada template (LLaDA chat template with the LLaDA-V system prompt), `<image>` before the "
         "question",
     ]
@@ -222,7 +223,11 @@ def model_card(final_dir: Path, log: dict, accuracy: Optional[dict], config: Bui
         for t, v in accuracy["per_type"].items():
             lines.append(f"| {t} | {v['correct']}/{v['total']} | {100 * v['accuracy']:.1f}% | {100 * CHANCE.get(t, 0):.0f}% |")
         lines.append(f"| all | | {100 * accuracy['overall']:.1f}% | |")
-    lines += ["", "Use:", "", "    llada generate --image demo/examples/example_1_*.png --prompt 'What colour is the "
+        weak = [t for t, v in accuracy["per_type"].items() if v["accuracy"] < CHANCE.get(t, 0) + 0.1]
+        if weak:
+            lines += ["", f"Not learned by this build (within 10 points of chance): {', '.join(weak)}. Ask it about "
+                      "colours and counts; see bench/results/vision_embedded.md for what was tried."]
+    lines += ["", "Use:", "", "    llada generate --image demo/examples/example_1_1-shape.png --prompt 'What colour is the "
               "shape?' --gen-length 16 --steps 16 --block-length 16", "",
               f"Rebuild from scratch: `python -m vision.build_embedded --install` ({datetime.date.today().isoformat()}).", ""]
     return "\n".join(lines)
@@ -268,6 +273,10 @@ def build(config: BuildConfig, *, skip_train: bool = False, install_to: Optional
     write_corpus(corpus, shapes)
     log["corpus"] = {"dir": str(corpus), "wall_seconds": round(time.time() - start, 1), **dataclasses.asdict(shapes)}
     stage1, warmup, stage2 = work / "stage1", work / "stage2_warmup", work / "stage2"
+    previous = work / "build_log.json"
+    if skip_train and previous.is_file():  # the training runs' commands and times, for the model card
+        old = json.loads(previous.read_text())
+        log.update({k: old[k] for k in ("stage1", "stage2_warmup", "stage2") if k in old})
     if not skip_train:
         run_logged(stage_command(config, 1, corpus, stage1, None), log, "stage1")
         log["stage1"]["output"] = str(stage1 / "final")

@@ -370,7 +370,7 @@ EXAMPLE_OBJECTS = (1, 2, 1, 3, 1, 2)
 def write_examples(out_dir: str | Path, *, seed: int = 7, image_size: int = 64,
                    objects: Sequence[int] = EXAMPLE_OBJECTS) -> list[Path]:
     """Example images (the demo's bundled ones), from their own seed, with `objects[i]` shapes each:
-    `example_N_<colour>-<shape>_....png`."""
+    `example_N_<k>-shape(s).png` (the name tells how many shapes, not which: the demo's visitor asks that)."""
     rng = random.Random(f"{seed}:examples")
     config = ShapesConfig(image_size=image_size, min_objects=1, max_objects=3)
     out = Path(out_dir)
@@ -379,8 +379,7 @@ def write_examples(out_dir: str | Path, *, seed: int = 7, image_size: int = 64,
     for i, n in enumerate(objects):
         config_i = dataclasses.replace(config, min_objects=n, max_objects=n)
         scene = sample_scene(rng, config_i)
-        name = "_".join(f"{o.colour}-{o.shape}" for o in scene.objects)
-        path = out / f"example_{i + 1}_{name}.png"
+        path = out / f"example_{i + 1}_{n}-shape{'s' if n > 1 else ''}.png"
         render_scene(scene, image_size).save(path, optimize=False)
         paths.append(path)
     return paths
