@@ -69,6 +69,16 @@ class BuildConfig:
                    heldout_per_type=1, eval_batch_size=4, nice=0)
 
 
+def source_commit(path: str) -> Optional[str]:
+    """The last commit that changed `path` inside this repository (None outside it, or without git)."""
+    try:
+        out = subprocess.run(["git", "log", "-1", "--format=%h", "--", str(path)], cwd=REPO, capture_output=True,
+                             text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
 def run_logged(cmd: Sequence[str], log: dict, name: str, env: Optional[dict] = None) -> None:
     """Run a command from the repository root; its command line and wall time go to `log[name]`."""
     printable = " ".join(shlex.quote(str(c)) for c in cmd)
@@ -189,6 +199,7 @@ def model_card(final_dir: Path, log: dict, accuracy: Optional[dict], config: Bui
             ("stage2", "stage 2 (every question type)"))
     summaries = {name: json.loads((Path(log[name]["output"]) / "training_summary.json").read_text())
                  for name, _ in runs if name in log and "output" in log[name]}
+    lm_commit = f" as of commit {log['language_model_commit']}" if log.get("language_model_commit") else ""
     lines = [
         "# llada-mini-vision",
         "",
@@ -202,7 +213,7 @@ def model_card(final_dir: Path, log: dict, accuracy: Optional[dict], config: Bui
         f"{vc.num_hidden_layers} layers (features of layer {cfg.mm_vision_select_layer}, so "
         f"{vc.num_hidden_layers - 1} are kept), image_aspect_ratio `{cfg.image_aspect_ratio}`, one image_newline row",
         f"- connector: `{cfg.mm_projector_type}` ({cfg.mm_hidden_size} -> {cfg.d_model} -> {cfg.d_model})",
-        f"- language model: the embedded `llada-mini-instruct` (d_model {cfg.d_model}, {cfg.n_layers} layers, vocabulary "
+        f"- language model: the embedded `llada-mini-instruct`{lm_commit} (d_model {cfg.d_model}, {cfg.n_layers} layers, vocabulary "
         f"{cfg.vocab_size}; mask id {cfg.mask_token_id}, EOS {cfg.eos_token_id}), weights copied in and trained in stage 2; "
         "the tokenizer adds the shape and position names as single tokens (`vision.shapes.DOMAIN_TOKENS`)",
         "- prompt: the llava_llada template (LLaDA chat template with the LLaDA-V system prompt), `<image>` before the "
@@ -276,7 +287,8 @@ def build(config: BuildConfig, *, skip_train: bool = False, install_to: Optional
     previous = work / "build_log.json"
     if skip_train and previous.is_file():  # the training runs' commands and times, for the model card
         old = json.loads(previous.read_text())
-        log.update({k: old[k] for k in ("stage1", "stage2_warmup", "stage2") if k in old})
+        log.update({k: old[k] for k in ("stage1", "stage2_warmup", "stage2", "language_model_commit") if k in old})
+    log.setdefault("language_model_commit", source_commit(config.language_model))
     if not skip_train:
         run_logged(stage_command(config, 1, corpus, stage1, None), log, "stage1")
         log["stage1"]["output"] = str(stage1 / "final")
