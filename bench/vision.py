@@ -103,11 +103,10 @@ def run_variant(args) -> dict:
         from transformers import AutoModel, AutoTokenizer
 
         from vision.conversation import build_messages, encode_prompt
+        from vision.generation import default_suppress_tokens
 
         model = AutoModel.from_pretrained(args.model, dtype=dtype).to(device).eval()
         tokenizer = AutoTokenizer.from_pretrained(args.model)
-        from vision.generation import default_suppress_tokens
-
         suppress = default_suppress_tokens(model, tokenizer)
         prompt = torch.tensor(encode_prompt(tokenizer, build_messages(args.question),
                                             image_token_index=model.config.image_token_index))

@@ -55,7 +55,40 @@ class DemoSettings:
         return kw
 
 
-class ChatEngine:
+class StreamingEngine:
+    """What the chat and vision engines share: a tokenizer and its special ids (`tokenizer`, `ids`, set by the
+    subclass), the text of a token as the page draws it, bounded visitor text, and one sampler step drawn."""
+
+    tokenizer: Any
+    ids: Any
+
+    def piece(self, token_id: int) -> str:
+        if token_id == self.ids.eos:
+            return "\u00b7"  # EOS padding, drawn faintly
+        if self.ids.eot is not None and token_id == self.ids.eot:
+            return "\u23f9"
+        tok = self.tokenizer.convert_ids_to_tokens(int(token_id))
+        return self.tokenizer.convert_tokens_to_string([tok])
+
+    @staticmethod
+    def checked_text(text: str, what: str, limit: int) -> str:
+        """`text` when it is non-empty and at most `limit` characters; otherwise ValueError naming `what`."""
+        if not text or not text.strip():
+            raise ValueError(f"the {what} is empty")
+        if len(text) > limit:
+            raise ValueError(f"the {what} is {len(text)} characters long; the limit is {limit}")
+        return text
+
+    def show_step(self, view: DenoisingView, event: Any) -> list[int]:
+        """Draw one sampler step event (`sampling` StepEvent) into `view`; returns the generated ids so far."""
+        P = event.prompt_length
+        gen = event.x[0, P:]
+        moved = event.transferred[0, P:]
+        view.update([self.piece(t) for t in gen[moved].tolist()], moved, event.confidence[0, P:], step=event.nfe)
+        return gen.tolist()
+
+
+class ChatEngine(StreamingEngine):
     """A text model and its tokenizer, loaded once; `stream_reply` yields (html, final_text or None)."""
 
     def __init__(self, model_path: str, *, device: str = "cpu", dtype: str = "float32", quantize: Optional[str] = None,
@@ -86,14 +119,6 @@ class ChatEngine:
         self._lock = threading.Lock()  # one model: concurrent requests take turns on it
 
     # ---------------------------------------------------------------- text pieces
-    def piece(self, token_id: int) -> str:
-        if token_id == self.ids.eos:
-            return "\u00b7"  # EOS padding, drawn faintly
-        if self.ids.eot is not None and token_id == self.ids.eot:
-            return "\u23f9"
-        tok = self.tokenizer.convert_ids_to_tokens(int(token_id))
-        return self.tokenizer.convert_tokens_to_string([tok])
-
     def answer_text(self, generated: Sequence[int]) -> str:
         stops = {self.ids.eos} | ({self.ids.eot} if self.ids.eot is not None else set())
         kept = []
@@ -107,11 +132,7 @@ class ChatEngine:
     def prompt_ids(self, messages: list[dict]) -> list[int]:
         if not messages or messages[-1]["role"] != "user":
             raise ValueError("the conversation must end with a user message")
-        text = messages[-1]["content"]
-        if not text or not text.strip():
-            raise ValueError("the message is empty")
-        if len(text) > self.max_prompt_chars:
-            raise ValueError(f"the message is {len(text)} characters long; the limit is {self.max_prompt_chars}")
+        self.checked_text(messages[-1]["content"], "message", self.max_prompt_chars)
         return apply_chat_template(self.tokenizer, messages)
 
     def stream_reply(self, messages: list[dict], settings: DemoSettings) -> Iterator[tuple[str, Optional[str]]]:
@@ -137,11 +158,6 @@ class ChatEngine:
             if self.ids.eot is not None:
                 kwargs.setdefault("eot_token_id", self.ids.eot)
             for event in run(**kwargs):
-                P = event.prompt_length
-                gen = event.x[0, P:]
-                moved = event.transferred[0, P:]
-                tokens = [self.piece(t) for t in gen[moved].tolist()]
-                view.update(tokens, moved, event.confidence[0, P:], step=event.nfe)
-                last = gen.tolist()
+                last = self.show_step(view, event)
                 yield render_html(view), None
         yield render_html(view), self.answer_text(last or [])

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Optional
 
 import torch
 
-from .engine import DemoSettings
+from .engine import DemoSettings, StreamingEngine
 from .rendering import DenoisingView, render_html
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
@@ -33,7 +33,7 @@ def bundled_examples() -> list[str]:
     return [str(p) for p in sorted(EXAMPLES_DIR.glob("*.png"))]
 
 
-class VisionEngine:
+class VisionEngine(StreamingEngine):
     """A LLaDA-V checkpoint (Hub id or folder) and its tokenizer; `stream_reply` yields (html, final or None)."""
 
     def __init__(self, model_path: str, *, device: str = "cpu", dtype: str = "float32", max_prompt_chars: int = 2000,
@@ -75,20 +75,7 @@ class VisionEngine:
         return load_image(str(path), max_pixels=self.max_pixels)
 
     def check_question(self, question: str) -> str:
-        if not question or not question.strip():
-            raise ValueError("the question is empty")
-        if len(question) > self.max_prompt_chars:
-            raise ValueError(f"the question is {len(question)} characters long; the limit is {self.max_prompt_chars}")
-        return question.strip()
-
-    # ---------------------------------------------------------------- text pieces
-    def piece(self, token_id: int) -> str:
-        if token_id == self.ids.eos:
-            return "\u00b7"
-        if self.ids.eot is not None and token_id == self.ids.eot:
-            return "\u23f9"
-        tok = self.tokenizer.convert_ids_to_tokens(int(token_id))
-        return self.tokenizer.convert_tokens_to_string([tok])
+        return self.checked_text(question, "question", self.max_prompt_chars).strip()
 
     # ---------------------------------------------------------------- streaming
     def stream_reply(self, image: Any, question: str, settings: DemoSettings) -> Iterator[tuple[str, Optional[str]]]:
@@ -109,11 +96,9 @@ class VisionEngine:
         events: "queue.Queue" = queue.Queue()
         done = object()
 
-        def on_step(event) -> None:
-            P = event.prompt_length
-            gen = event.x[0, P:].tolist()
-            moved = event.transferred[0, P:].clone()
-            events.put((gen, moved, event.confidence[0, P:].clone(), event.nfe))
+        def on_step(event) -> None:  # in the worker: draw the step, hand the page its html
+            self.show_step(view, event)
+            events.put(render_html(view))
 
         def run() -> None:
             try:
@@ -128,13 +113,10 @@ class VisionEngine:
         worker.start()
         while True:
             item = events.get()
-            if item[0] is done:
+            if isinstance(item, tuple) and item[0] is done:
                 outcome = item[1]
                 break
-            gen, moved, confidence, nfe = item
-            tokens = [self.piece(t) for t, m in zip(gen, moved.tolist()) if m]
-            view.update(tokens, moved, confidence, step=nfe)
-            yield render_html(view), None
+            yield item, None
         worker.join()
         if isinstance(outcome, BaseException):
             raise outcome

@@ -173,19 +173,22 @@ CHANCE = {"colour": 1 / 6, "shape": 1 / 4, "count": 1 / 3, "position": 1 / 4}
 
 # ------------------------------------------------------------------------------------------ install
 def image_processor_config(model_config: Any) -> dict:
-    """preprocessor_config.json of the SigLIP image processor the tower expects (resize to the crop size,
-    bicubic, x / 255, mean = std = 0.5), as Hub SigLIP checkpoints ship it."""
-    size = int(model_config.vision_image_size)
+    """preprocessor_config.json of the SigLIP image processor for the processing the model implies
+    (`ImageProcessingConfig.from_model_config`: resize to the crop size, x / 255, the tower's mean and std), as Hub
+    SigLIP checkpoints ship it."""
+    from .image_processing import ImageProcessingConfig
+
+    cfg = ImageProcessingConfig.from_model_config(model_config)
     return {
         "image_processor_type": "SiglipImageProcessor",
         "do_resize": True,
-        "size": {"height": size, "width": size},
-        "resample": 3,
+        "size": {"height": cfg.image_size, "width": cfg.image_size},
+        "resample": cfg.resample,
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
-        "image_mean": [0.5, 0.5, 0.5],
-        "image_std": [0.5, 0.5, 0.5],
+        "image_mean": list(cfg.image_mean),
+        "image_std": list(cfg.image_std),
         "do_convert_rgb": True,
     }
 

@@ -214,18 +214,9 @@ def make_question(scene: Scene, question_type: str, rng: random.Random) -> tuple
         raise ValueError(f"a {question_type} question needs an image with one shape, this one has {len(scene.objects)}")
     if question_type not in QUESTION_TEMPLATES:
         raise ValueError(f"unknown question type {question_type!r}; expected one of {QUESTION_TYPES}")
-    obj = scene.objects[0]
     question = rng.choice(QUESTION_TEMPLATES[question_type])
-    if question_type == "colour":
-        answer = obj.colour
-    elif question_type == "shape":
-        answer = obj.shape
-    elif question_type == "count":
-        answer = str(len(scene.objects))
-    elif question_type == "position":
-        answer = obj.position
-    else:
-        raise ValueError(f"unknown question type {question_type!r}; expected one of {QUESTION_TYPES}")
+    # colour, shape and position are attributes of the one shape (ShapeObject fields of those names)
+    answer = str(len(scene.objects)) if question_type == "count" else getattr(scene.objects[0], question_type)
     return question, answer
 
 

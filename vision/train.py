@@ -191,9 +191,9 @@ def build_llada_v(config: VisionTrainConfig, vocab_size: Optional[int] = None):
     state = lm.state_dict()
     new_rows = llava_config.padded_vocab_size
     if new_rows > rows:  # grown embedding / head: old rows copied, new ones the mean row
-        for key, value in list(state.items()):
-            if value.dim() == 2 and value.shape[0] == rows and key.endswith(("transformer.wte.weight", "transformer.ff_out.weight")) \
-                    and ".blocks." not in key:
+        for key in ("model.transformer.wte.weight", "model.transformer.ff_out.weight"):  # no head when tied
+            if key in state:
+                value = state[key]
                 state[key] = torch.cat([value, value.mean(0, keepdim=True).expand(new_rows - rows, -1)])
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.startswith(("model.vision_tower.", "model.mm_projector.", "model.image_newline"))]
