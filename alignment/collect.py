@@ -87,11 +87,31 @@ def collect_pairs(model, tokenizer, rows: Sequence[dict], *, samples: int, tempe
     return pairs, dict(stats)
 
 
+def training_prompts(families: Sequence[str], prompts: int, *, offset: int = 0) -> list[dict]:
+    """Single-turn training-split prompts, ceil(prompts / len(families)) per family after skipping the first
+    `offset` of each family (a replicate run on fresh prompts). Rows: {"prompt", "answer", "family"}."""
+    from llada.corpus import CorpusConfig, sft_train_split
+
+    if offset < 0:
+        raise ValueError(f"offset must be >= 0, got {offset}")
+    per_family = -(-prompts // len(families))
+    rows, counts = [], Counter()
+    for r in sft_train_split(CorpusConfig()):
+        user = [m for m in r["messages"] if m["role"] == "user"]
+        if r["family"] in families and len(user) == 1 and counts[r["family"]] < offset + per_family:
+            if counts[r["family"]] >= offset:
+                rows.append({"prompt": user[0]["content"], "answer": r["answer"], "family": r["family"]})
+            counts[r["family"]] += 1
+    if not rows:
+        raise ValueError(f"no training prompts left after offset {offset} in families {list(families)}")
+    return rows
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     import llada
     from transformers import AutoTokenizer
 
-    from llada.corpus import FAMILIES, CorpusConfig, sft_train_split
+    from llada.corpus import FAMILIES
     from llada.defaults import resolve_model
 
     ap = argparse.ArgumentParser(prog="python -m alignment.collect", description=__doc__.strip().splitlines()[0])
@@ -108,6 +128,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--reference-chosen", action="store_true", help="pair the reference answer when no sample is right")
     ap.add_argument("--pairs-per-prompt", type=int, default=1,
                     help="up to this many pairs per prompt (its chosen answer against distinct wrong answers)")
+    ap.add_argument("--offset", type=int, default=0,
+                    help="skip the first OFFSET eligible prompts of each family (fresh prompts for a replicate run)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
@@ -120,13 +142,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     path = resolve_model(args.model, "instruct")
     model = llada.LLaDAModelLM.from_pretrained(path, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(path)
-    per_family = -(-args.prompts // len(families))
-    rows, counts = [], Counter()
-    for r in sft_train_split(CorpusConfig()):
-        user = [m for m in r["messages"] if m["role"] == "user"]
-        if r["family"] in families and len(user) == 1 and counts[r["family"]] < per_family:
-            rows.append({"prompt": user[0]["content"], "answer": r["answer"], "family": r["family"]})
-            counts[r["family"]] += 1
+    try:
+        rows = training_prompts(families, args.prompts, offset=args.offset)
+    except ValueError as err:
+        raise SystemExit(str(err)) from err
     pairs, stats = collect_pairs(model, tok, rows, samples=args.samples, temperature=args.temperature,
                                  gen_length=args.gen_length, steps=args.steps, block_length=args.block_length,
                                  batch_prompts=args.batch_prompts, seed=args.seed,

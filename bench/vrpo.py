@@ -111,6 +111,9 @@ def main() -> int:
                     help="only the model's own right answers as chosen (no corpus reference answers)")
     ap.add_argument("--beta", type=float, default=None, help="VRPO beta (default: the recipe's 0.2)")
     ap.add_argument("--sft-weight", type=float, default=None, help="SFT loss weight (default: the recipe's 0.05)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the sampling (collect) and of both training runs")
+    ap.add_argument("--offset", type=int, default=0,
+                    help="skip the first OFFSET training prompts per family (a replicate on fresh prompts)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--install", action="store_true")
     ap.add_argument("--reuse-pairs", action="store_true", help="keep WORK/prefs.jsonl from an earlier run (skip step 1)")
@@ -138,9 +141,11 @@ def main() -> int:
         cmd += [] if args.no_reference_chosen else ["--reference-chosen"]
         cmd += ["--families", args.families] if args.families else []
         cmd += ["--pairs-per-prompt", str(args.pairs_per_prompt)] if args.pairs_per_prompt != 1 else []
+        cmd += ["--seed", str(args.seed)] if args.seed else []
+        cmd += ["--offset", str(args.offset)] if args.offset else []
         run(cmd, log)
     common = [f"model_name_or_path={args.model}", f"train_data=[{prefs}]", f"num_epochs={args.epochs}",
-              f"lr={args.lr}", "log_with=null", f"num_threads={args.threads}", "save_steps=0", "seed=0"]
+              f"lr={args.lr}", "log_with=null", f"num_threads={args.threads}", "save_steps=0", f"seed={args.seed}"]
     common += [f"beta={args.beta}"] if args.beta is not None else []
     common += [f"sft_weight={args.sft_weight}"] if args.sft_weight is not None else []
     launch = [py, "-m", "accelerate.commands.launch", "--config_file", "configs/accelerate/cpu.yaml",

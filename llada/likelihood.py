@@ -510,6 +510,33 @@ def estimate_from_minibatches(values: torch.Tensor, *, exact: bool = False, num_
 
 
 @torch.no_grad()
+def exact_mask_values(
+    model: torch.nn.Module,
+    prompt_ids: IdsLike,
+    answer_ids: IdsLike,
+    *,
+    cfg_scale: float = 0.0,
+    mask_token_id: Optional[int] = None,
+    rows_per_forward: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """f(S) = sum_{i in S} log p_theta(a_i | p, a^S) for every non-empty mask S of a short answer.
+
+    Returns (is_masked BoolTensor (2^L - 1, L) in the order of `exact_masks`, f float64 (2^L - 1,) on the CPU).
+    The building block of exact variance calculations (`exact_minibatch_variance`, VRPO's
+    `alignment.variance.exact_score_variance`).
+    """
+    prompt, answer = _as_ids(prompt_ids, "prompt_ids"), _as_ids(answer_ids, "answer_ids")
+    _check_request(prompt, answer, None, _max_length(model))
+    masks, _ = exact_masks(answer.numel())
+    scorer = _Scorer(model, [prompt], [answer], cfg_scale=cfg_scale, rows_per_forward=rows_per_forward,
+                     mask_token_id=mask_token_id)
+    n = masks.shape[0]
+    f = _unit_values(scorer.run(iter([_Segment(0, torch.arange(n), torch.ones(n, dtype=torch.float64), masks)])), 0, n,
+                     scorer.device).cpu()
+    return masks, f
+
+
+@torch.no_grad()
 def exact_minibatch_variance(
     model: torch.nn.Module,
     prompt_ids: IdsLike,
@@ -530,15 +557,10 @@ def exact_minibatch_variance(
     The standard error of an estimate from n minibatches is sqrt(Var[m] / n). Used to check the reported
     standard errors and to plan mc_num; returns (mean, variance).
     """
-    prompt, answer = _as_ids(prompt_ids, "prompt_ids"), _as_ids(answer_ids, "answer_ids")
-    _check_request(prompt, answer, None, _max_length(model))
-    L, b = answer.numel(), int(batch_size)
-    masks, _ = exact_masks(L)
-    scorer = _Scorer(model, [prompt], [answer], cfg_scale=cfg_scale, rows_per_forward=max(b, 64),
-                     mask_token_id=mask_token_id)
-    n = masks.shape[0]
-    f = _unit_values(scorer.run(iter([_Segment(0, torch.arange(n), torch.ones(n, dtype=torch.float64), masks)])), 0, n,
-                     scorer.device).cpu()
+    b = int(batch_size)
+    masks, f = exact_mask_values(model, prompt_ids, answer_ids, cfg_scale=cfg_scale, mask_token_id=mask_token_id,
+                                 rows_per_forward=max(b, 64))
+    L = masks.shape[1]
     size = masks.sum(dim=1)
     mu = torch.zeros(L + 1, dtype=torch.float64)
     s2 = torch.zeros(L + 1, dtype=torch.float64)
@@ -811,6 +833,7 @@ __all__ = [
     "draw_masks",
     "elbo_weight",
     "estimate_from_minibatches",
+    "exact_mask_values",
     "exact_masks",
     "exact_minibatch_variance",
     "log_likelihood",

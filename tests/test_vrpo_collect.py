@@ -51,3 +51,16 @@ def test_several_pairs_per_prompt_use_distinct_wrong_answers(tmp_path):
     with pytest.raises(ValueError, match="pairs_per_prompt"):
         collect_pairs(model, tok, rows, samples=2, temperature=1.0, gen_length=8, steps=8, block_length=8,
                       progress=False, pairs_per_prompt=0)
+
+
+def test_training_prompts_offset_gives_fresh_prompts():
+    from alignment.collect import training_prompts
+
+    first = training_prompts(["compare", "parity"], 20)
+    later = training_prompts(["compare", "parity"], 20, offset=10)
+    assert [r["family"] for r in first].count("compare") == 10 == [r["family"] for r in later].count("compare")
+    by_family = lambda rows, f: [r["prompt"] for r in rows if r["family"] == f]  # noqa: E731
+    assert by_family(later, "compare") == by_family(training_prompts(["compare"], 20), "compare")[10:20]
+    assert not set(by_family(first, "compare")) & set(by_family(later, "compare"))
+    with pytest.raises(ValueError, match="no training prompts left"):
+        training_prompts(["compare"], 4, offset=10 ** 6)
