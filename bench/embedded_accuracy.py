@@ -1,6 +1,6 @@
 """Held-out accuracy per task family of an instruct model on the synthetic corpus (llada.corpus).
 
-    python bench/embedded_accuracy.py [MODEL] [--heldout runs/embedded/corpus/heldout.jsonl]
+    python bench/embedded_accuracy.py [MODEL] [--heldout runs/embedded/corpus/heldout.jsonl] [--set compare_all]
                                       [--gen-length 32 --steps 32 --block-length 32] [--out result.json]
 
 MODEL defaults to the embedded instruct model. Each held-out prompt goes through the chat template, the exact
@@ -74,6 +74,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("model", nargs="?", default=None, help="model folder (default: the embedded instruct model)")
     parser.add_argument("--heldout", default=None, help="heldout.jsonl (default: regenerate from the seeded corpus)")
+    parser.add_argument("--set", default="heldout", choices=("heldout", "compare_all"),
+                        help="heldout: llada.corpus.heldout_split (every family); compare_all: every held-out compare "
+                             "pair in both orders (llada.corpus.compare_heldout_all, 1452 prompts)")
     parser.add_argument("--gen-length", type=int, default=32)
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--block-length", type=int, default=32)
@@ -87,7 +90,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     import llada  # noqa: F401
     from transformers import AutoTokenizer
 
-    from llada.corpus import CorpusConfig, heldout_split
+    from llada.corpus import CorpusConfig, compare_heldout_all, heldout_split
     from llada.defaults import resolve_model
 
     path = resolve_model(args.model, "instruct")
@@ -95,6 +98,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     tokenizer = AutoTokenizer.from_pretrained(path)
     if args.heldout:
         rows = [json.loads(line) for line in open(args.heldout, encoding="utf-8") if line.strip()]
+    elif args.set == "compare_all":
+        rows = compare_heldout_all(CorpusConfig())
     else:
         rows = heldout_split(CorpusConfig())
     if args.limit:

@@ -8,7 +8,8 @@
    reference answer is chosen when no sample is right, unless --no-reference-chosen).
 2. `alignment.train` twice through `accelerate launch`, same pairs, same steps, same seed:
    VRPO (n = 8, n_t = 8 x n_yt = 1, antithetic) and naive DPO on ELBOs (n = 1, independent draws).
-3. `bench/embedded_accuracy.py`: held-out accuracy per task family of the SFT model and of both aligned models.
+3. `bench/embedded_accuracy.py`: held-out accuracy per task family of the SFT model and of both aligned models
+   (with --compare-all also on every held-out compare pair in both orders, 1452 prompts).
 4. `alignment.variance`: the Table 2 settings (R = 8 repeats) for the VRPO policy against its reference.
 5. Everything (commands, wall times, accuracies, the variance table) goes to WORK/report.md;
    --install copies the VRPO model into llada/embedded/llada-mini-vrpo.
@@ -114,6 +115,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the sampling (collect) and of both training runs")
     ap.add_argument("--offset", type=int, default=0,
                     help="skip the first OFFSET training prompts per family (a replicate on fresh prompts)")
+    ap.add_argument("--compare-all", action="store_true",
+                    help="also evaluate every model on every held-out compare pair in both orders (1452 prompts)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--install", action="store_true")
     ap.add_argument("--reuse-pairs", action="store_true", help="keep WORK/prefs.jsonl from an earlier run (skip step 1)")
@@ -159,6 +162,9 @@ def main() -> int:
         out = work / f"accuracy_{name}.json"
         run([py, "bench/embedded_accuracy.py", path, "--out", str(out), "--threads", str(args.threads)], log)
         accuracy[name] = json.loads(out.read_text())
+        if args.compare_all:
+            run([py, "bench/embedded_accuracy.py", path, "--set", "compare_all", "--out",
+                 str(work / f"accuracy_{name}_compare_all.json"), "--threads", str(args.threads)], log)
     table = work / "variance.md"
     if args.variance_pairs > 0:
         run([py, "-m", "alignment.variance", "--policy", str(work / "vrpo" / "final"), "--reference", args.model,

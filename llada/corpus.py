@@ -187,12 +187,15 @@ def _parity(rng: random.Random) -> tuple[str, Example]:
     return f"parity:{n}", Example("parity", template.format(n=n), "even" if n % 2 == 0 else "odd")
 
 
+COMPARE_TEMPLATES = ("Which is larger: {a} or {b}", "Which number is bigger? {a} or {b}",
+                     "Say the larger number: {a} or {b}")
+
+
 def _compare(rng: random.Random) -> tuple[str, Example]:
     a, b = rng.sample(range(10, 100), 2)
     # both numbers have two digits and come last: every digit sits at a fixed distance before the answer. The
     # answer is a copy of one of them, which the 1M-parameter model learns only partly (the family VRPO improves)
-    template = rng.choice(["Which is larger: {a} or {b}", "Which number is bigger? {a} or {b}",
-                           "Say the larger number: {a} or {b}"])
+    template = rng.choice(COMPARE_TEMPLATES)
     # the split key is the unordered pair: a held-out pair is never seen in training, in either order
     return f"compare:{min(a, b)}:{max(a, b)}", Example("compare", template.format(a=a, b=b), str(max(a, b)))
 
@@ -312,6 +315,25 @@ def heldout_split(config: CorpusConfig) -> list[dict]:
         for ex in examples:
             rows.append({"prompt": ex.prompt, "answer": ex.answer, "family": ex.family,
                          "messages": [{"role": "user", "content": ex.prompt}]})
+    return rows
+
+
+def compare_heldout_all(config: CorpusConfig) -> list[dict]:
+    """Every held-out pair of the compare family in both orders, one seeded template each (heldout_split's rows).
+
+    The default config holds out 726 of the 4005 pairs, so 1452 prompts: a larger evaluation set than
+    `heldout_split`'s 400 for the family alignment is measured on (`bench/embedded_accuracy.py --set compare_all`).
+    """
+    rng = random.Random(config.seed + 2)
+    rows = []
+    for lo in range(10, 100):
+        for hi in range(lo + 1, 100):
+            if not _is_heldout(f"compare:{lo}:{hi}", config.heldout_fraction):
+                continue
+            for a, b in ((lo, hi), (hi, lo)):
+                prompt = rng.choice(COMPARE_TEMPLATES).format(a=a, b=b)
+                rows.append({"prompt": prompt, "answer": str(hi), "family": "compare",
+                             "messages": [{"role": "user", "content": prompt}]})
     return rows
 
 

@@ -483,3 +483,24 @@ def test_corpus_is_seeded_split_and_checkable(tmp_path):
     assert sum(r["family"] == "compare" for r in stage3) == (1 + cfg.stage3_repeats["compare"]) * n_compare
     assert not any(f"The larger of {a} and {b} " in pretrain_text or f"The larger of {b} and {a} " in pretrain_text
                    for a, b in map(sorted, held_pairs))
+
+
+def test_compare_heldout_all_is_every_heldout_pair_in_both_orders():
+    import re
+    from collections import Counter
+
+    from llada.corpus import CorpusConfig, compare_heldout_all, heldout_split, sft_train_split
+
+    cfg = CorpusConfig()
+    rows = compare_heldout_all(cfg)
+    assert rows == compare_heldout_all(cfg)  # seeded
+    orders = Counter(tuple(map(int, re.findall(r"\d+", r["prompt"]))) for r in rows)
+    assert set(orders.values()) == {1} and all((b, a) in orders for a, b in orders)  # each pair once per order
+    assert all(r["answer"] == str(max(map(int, re.findall(r"\d+", r["prompt"])))) for r in rows)
+    pairs = {frozenset(k) for k in orders}
+    train_pairs = {frozenset(map(int, re.findall(r"\d+", r["messages"][0]["content"])))
+                   for r in sft_train_split(cfg) if r["family"] == "compare"}
+    assert train_pairs and not pairs & train_pairs
+    assert {frozenset(map(int, re.findall(r"\d+", r["prompt"]))) for r in heldout_split(cfg)
+            if r["family"] == "compare"} <= pairs
+    assert len(pairs) + len(train_pairs) <= 90 * 89 // 2 and len(rows) > 1000
