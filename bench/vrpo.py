@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,7 +57,24 @@ def flips(base: dict, other: dict) -> dict[str, tuple[int, int, float]]:
     return result
 
 
-def model_card(args, accuracy: dict, prefs: Path, log: list[dict], families: list[str]) -> str:
+def compare_all_lines(work: Path) -> list[str]:
+    """The --compare-all results of WORK (every held-out compare pair in both orders), if it has them."""
+    files = {n: work / f"accuracy_{n}_compare_all.json" for n in ("sft", "vrpo", "naive_dpo")}
+    if not all(f.is_file() for f in files.values()):
+        return []
+    res = {n: json.loads(f.read_text()) for n, f in files.items()}
+    total = res["sft"]["per_family"]["compare"]["total"]
+    cells = [f"sft {res['sft']['per_family']['compare']['correct']}/{total}"]
+    for n in ("vrpo", "naive_dpo"):
+        gain, loss, p = flips(res["sft"], res[n])["compare"]
+        cells.append(f"{n} {res[n]['per_family']['compare']['correct']}/{total} (+{gain}/-{loss}, p={p:.2g})")
+    return ["", f"Every held-out compare pair in both orders ({total} prompts, `bench/embedded_accuracy.py --set "
+            "compare_all`; wrong -> right / right -> wrong against the SFT model, exact McNemar p): "
+            + "; ".join(cells) + "."]
+
+
+def model_card(args, accuracy: dict, prefs: Path, log: list[dict], families: list[str],
+               extra: Sequence[str] = ()) -> str:
     """README.md of llada/embedded/llada-mini-vrpo: what it is, the pairs, the commands, held-out accuracy."""
     pairs = [json.loads(line) for line in prefs.read_text().splitlines() if line.strip()]
     by_family: dict[str, int] = {}
@@ -81,6 +99,7 @@ def model_card(args, accuracy: dict, prefs: Path, log: list[dict], families: lis
     for name, res in accuracy.items():
         cells = [f"{res['per_family'][f]['correct']}/{res['per_family'][f]['total']}" for f in families]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * res['overall']:.1f}% |")
+    lines += list(extra)
     lines += ["", "Commands and wall times:", ""]
     lines += [f"- `{e['command']}` ({e['wall_seconds']} s)".replace(sys.executable, "python").replace(str(ROOT) + "/", "")
               for e in log]
@@ -93,7 +112,7 @@ def install(args, work: Path, accuracy: dict, prefs: Path, log: list[dict], fami
     dst = ROOT / "llada" / "embedded" / "llada-mini-vrpo"
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(work / "vrpo" / "final", dst, ignore=shutil.ignore_patterns("training_summary.json"))
-    (dst / "README.md").write_text(model_card(args, accuracy, prefs, log, families))
+    (dst / "README.md").write_text(model_card(args, accuracy, prefs, log, families, compare_all_lines(work)))
     print(f"installed {dst}")
 
 
@@ -184,6 +203,7 @@ def main() -> int:
         changed = {f: v for f, v in sorted(flips(accuracy["sft"], accuracy[name]).items()) if v[0] or v[1]}
         lines.append(f"- {name}: " + ("; ".join(f"{f} +{g}/-{l} (p={p:.2g})" for f, (g, l, p) in changed.items())
                                       or "no prompt changed"))
+    lines += compare_all_lines(work)
     if args.variance_pairs > 0:
         lines += ["", "Variance (policy = the VRPO model, reference = the SFT model):", "", table.read_text()]
     lines += ["", "Commands and wall times:", ""]

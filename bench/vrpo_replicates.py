@@ -42,7 +42,7 @@ def sign_flip_p(diffs: torch.Tensor, *, resamples: int = 200_000, seed: int = 0)
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
     ap.add_argument("runs", nargs="+", help="bench/vrpo.py WORK folders")
-    ap.add_argument("--family", default="compare", help="family to pool (also reported: all families)")
+    ap.add_argument("--family", default="compare", help="family to pool (also reported: all families, if several)")
     ap.add_argument("--set", default="heldout", choices=("heldout", "compare_all"))
     ap.add_argument("--sft", default=None, help="the SFT model's result file, shared by all runs")
     ap.add_argument("--out", default=None)
@@ -73,8 +73,9 @@ def main() -> int:
         cells += [f"{100 * res[m]['overall']:.1f}%" for m in METHODS]
         lines.append(f"| {run} | " + " | ".join(cells) + " |")
     lines += ["", f"Pooled over the {len(args.runs)} runs (sign-flip permutation test over held-out prompts):", ""]
+    several = len({r["family"] for r in first["predictions"]}) > 1
     for m in METHODS:
-        for scope in (fam, None):
+        for scope in ((fam, None) if several else (fam,)):
             base = _correct(first, scope)
             models = [_correct(res[m], scope) for res in results.values()]
             diffs = torch.tensor([sum(c[k] for c in models) / len(models) - base[k] for k in base], dtype=torch.float64)
