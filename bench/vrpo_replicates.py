@@ -63,17 +63,17 @@ def main() -> int:
             raise SystemExit(f"{run}: its held-out prompts differ from {args.runs[0]}'s; replicates must share them")
     fam = args.family
     total = len(_correct(first, fam))
-    lines = [f"| run | SFT {fam} | VRPO {fam} | naive DPO {fam} | VRPO overall | naive DPO overall |",
-             "|---|---|---|---|---|---|"]
+    several = len({r["family"] for r in first["predictions"]}) > 1
+    overall = " VRPO overall | naive DPO overall |" if several else ""
+    lines = [f"| run | SFT {fam} | VRPO {fam} | naive DPO {fam} |" + overall, "|---" * (4 + 2 * several) + "|"]
     for run, res in results.items():
         cells = []
         for m in ("sft",) + METHODS:
             n = sum(_correct(res[m], fam).values())
             cells.append(f"{n}/{total}" + ("" if m == "sft" else " (+{}/-{}, p={:.2g})".format(*flips(res["sft"], res[m])[fam])))
-        cells += [f"{100 * res[m]['overall']:.1f}%" for m in METHODS]
+        cells += [f"{100 * res[m]['overall']:.1f}%" for m in METHODS] if several else []
         lines.append(f"| {run} | " + " | ".join(cells) + " |")
     lines += ["", f"Pooled over the {len(args.runs)} runs (sign-flip permutation test over held-out prompts):", ""]
-    several = len({r["family"] for r in first["predictions"]}) > 1
     for m in METHODS:
         for scope in ((fam, None) if several else (fam,)):
             base = _correct(first, scope)
