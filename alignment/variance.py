@@ -134,9 +134,12 @@ def bootstrap_se(scores: Sequence[torch.Tensor], *, resamples: int = 1000, seed:
     g = torch.Generator().manual_seed(seed)
     s = torch.stack([t.to(torch.float64) for t in scores])  # (pairs, repeats)
     P, R = s.shape
-    idx = torch.randint(0, R, (resamples, P, R), generator=g)
-    boot = torch.gather(s.unsqueeze(0).expand(resamples, P, R), 2, idx).var(dim=2).mean(dim=1)
-    return float(boot.std())
+    boot = []
+    for start in range(0, resamples, 50):  # chunks keep memory at 50 x pairs x repeats
+        n = min(50, resamples - start)
+        idx = torch.randint(0, R, (n, P, R), generator=g)
+        boot.append(torch.gather(s.unsqueeze(0).expand(n, P, R), 2, idx).var(dim=2).mean(dim=1))
+    return float(torch.cat(boot).std())
 
 
 @dataclass(frozen=True)
@@ -282,6 +285,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     reference = llada.LLaDAModelLM.from_pretrained(args.reference or args.policy, dtype=torch.float32).eval()
     tok = AutoTokenizer.from_pretrained(args.policy)
     pairs = tokenize_preferences(read_rows(args.pairs), tok, max_length=args.max_length)[: args.max_pairs]
+    if args.exact:
+        from llada.likelihood import EXACT_MAX_ANSWER_LENGTH
+
+        longest = max((max(len(p.as_tuple()[1]), len(p.as_tuple()[2])) for p in pairs), default=0)
+        if longest > EXACT_MAX_ANSWER_LENGTH:
+            raise SystemExit(f"--exact enumerates every mask of each answer: the longest answer in --pairs has "
+                             f"{longest} tokens, more than {EXACT_MAX_ANSWER_LENGTH}; drop --exact or use shorter pairs")
     rows = measure_variance(policy, reference, [p.as_tuple() for p in pairs], settings, repeats=args.repeats,
                             beta=args.beta, seed=args.seed, with_grad=not args.no_grad, exact=args.exact,
                             grad_repeats=args.grad_repeats)
