@@ -15,7 +15,7 @@ per step for the exact sampler, as Fast-dLLM's baseline). Modes:
 
 Agreement = fraction of generated tokens equal to the exact mode's; "same" = fraction of prompts whose
 whole output is identical. With `--answers FILE` (jsonl of {"prompt", "answer"}) and a tokenizer, task
-accuracy (answer string contained in the decoded output) is reported too.
+accuracy (the text before the first EOS / <|eot_id|>, checked by `llada.corpus.check_answer`) is reported too.
 Prints a Markdown table and, with --out, appends it (with machine, command and date) to a file.
 """
 
@@ -251,6 +251,16 @@ def main(argv=None) -> int:
               f"{elapsed:7.1f} s wall  {cpu:7.1f} s cpu", file=sys.stderr, flush=True)
 
     exact_outs, _, exact_time, exact_cpu = results["exact"]
+    if answers and tok is not None:
+        from llada.corpus import check_answer
+        from llada.tokenization import special_token_ids
+
+        if str(Path(__file__).resolve().parent) not in sys.path:
+            sys.path.append(str(Path(__file__).resolve().parent))
+        from embedded_accuracy import answer_text  # the same answer cut as the accuracy bench
+
+        ids = special_token_ids(tok, model.config)
+
     n_params = sum(p.numel() for p in model.parameters())
     lines = [
         "| mode | tok/s (wall) | speed-up (wall) | tok per CPU-s | speed-up (CPU) | NFE / prompt "
@@ -266,7 +276,7 @@ def main(argv=None) -> int:
         row = (f"| {name} | {tps:.1f} | {exact_time / elapsed:.2f}x | {cps:.1f} | {exact_cpu / max(cpu, 1e-9):.2f}x "
                f"| {np.mean(nfes):.1f} | {agree:.1%} | {same:.0%} |")
         if answers and tok is not None:
-            acc = np.mean([a in tok.decode(o.tolist(), skip_special_tokens=True) for o, a in zip(outs, answers)])
+            acc = np.mean([check_answer(answer_text(tok, o.tolist(), ids), a) for o, a in zip(outs, answers)])
             row += f" {acc:.1%} |"
         lines.append(row)
     machine = (f"{torch.cuda.get_device_name(0)}" if str(args.device).startswith("cuda")
