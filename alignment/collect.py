@@ -38,10 +38,9 @@ def collect_pairs(model, tokenizer, rows: Sequence[dict], *, samples: int, tempe
         raise ValueError(f"pairs_per_prompt must be >= 1, got {pairs_per_prompt}")
     import sampling
     from llada.corpus import check_answer
-    from llada.tokenization import apply_chat_template, left_pad, special_token_ids
+    from llada.tokenization import apply_chat_template, decode_answer, left_pad, special_token_ids
 
     ids = special_token_ids(tokenizer, model.config)
-    stops = {ids.eos} | ({ids.eot} if ids.eot is not None else set())
     g = torch.Generator().manual_seed(seed)
     rng = random.Random(seed)
     pairs, stats = [], Counter()
@@ -55,14 +54,7 @@ def collect_pairs(model, tokenizer, rows: Sequence[dict], *, samples: int, tempe
                                     block_length=block_length, temperature=temperature, generator=g)
         gen = out[:, input_ids.shape[1]:].tolist()
         for i, r in enumerate(chunk):
-            texts = []
-            for seq in gen[i * samples:(i + 1) * samples]:
-                kept = []
-                for t in seq:
-                    if t in stops:
-                        break
-                    kept.append(t)
-                texts.append(tokenizer.decode(kept, skip_special_tokens=True).strip())
+            texts = [decode_answer(tokenizer, seq, ids).strip() for seq in gen[i * samples:(i + 1) * samples]]
             right = [t for t in texts if t and check_answer(t, r["answer"])]
             wrong = [t for t in texts if t and not check_answer(t, r["answer"])]
             stats[f"{r['family']}/samples"] += len(texts)

@@ -26,22 +26,12 @@ if str(ROOT) not in sys.path:
 import torch  # noqa: E402
 
 
-def answer_text(tokenizer, generated: Sequence[int], ids) -> str:
-    """Decode generated ids up to the first <|eot_id|> or EOS."""
-    out = []
-    for t in generated:
-        if t in (ids.eot, ids.eos):
-            break
-        out.append(int(t))
-    return tokenizer.decode(out, skip_special_tokens=True)
-
-
 def evaluate(model, tokenizer, rows: list[dict], *, gen_length: int, steps: int, block_length: int,
              batch_size: int = 32, progress: bool = True) -> dict:
     """Accuracy per family (and overall) plus every prediction."""
     import sampling
     from llada.corpus import check_answer
-    from llada.tokenization import apply_chat_template, left_pad, special_token_ids
+    from llada.tokenization import apply_chat_template, decode_answer, left_pad, special_token_ids
 
     ids = special_token_ids(tokenizer, model.config)
     correct, total, predictions = defaultdict(int), defaultdict(int), []
@@ -54,7 +44,7 @@ def evaluate(model, tokenizer, rows: list[dict], *, gen_length: int, steps: int,
             out = sampling.generate(model, input_ids, attention_mask, steps=steps, gen_length=gen_length,
                                     block_length=block_length, temperature=0.0, remasking="low_confidence")
         for r, seq in zip(chunk, out[:, input_ids.shape[1]:].tolist()):
-            text = answer_text(tokenizer, seq, ids)
+            text = decode_answer(tokenizer, seq, ids)
             ok = check_answer(text, r["answer"])
             correct[r["family"]] += ok
             total[r["family"]] += 1

@@ -253,11 +253,7 @@ def main(argv=None) -> int:
     exact_outs, _, exact_time, exact_cpu = results["exact"]
     if answers and tok is not None:
         from llada.corpus import check_answer
-        from llada.tokenization import special_token_ids
-
-        if str(Path(__file__).resolve().parent) not in sys.path:
-            sys.path.append(str(Path(__file__).resolve().parent))
-        from embedded_accuracy import answer_text  # the same answer cut as the accuracy bench
+        from llada.tokenization import decode_answer, special_token_ids
 
         ids = special_token_ids(tok, model.config)
 
@@ -276,7 +272,7 @@ def main(argv=None) -> int:
         row = (f"| {name} | {tps:.1f} | {exact_time / elapsed:.2f}x | {cps:.1f} | {exact_cpu / max(cpu, 1e-9):.2f}x "
                f"| {np.mean(nfes):.1f} | {agree:.1%} | {same:.0%} |")
         if answers and tok is not None:
-            acc = np.mean([check_answer(answer_text(tok, o.tolist(), ids), a) for o, a in zip(outs, answers)])
+            acc = np.mean([check_answer(decode_answer(tok, o.tolist(), ids), a) for o, a in zip(outs, answers)])
             row += f" {acc:.1%} |"
         lines.append(row)
     machine = (f"{torch.cuda.get_device_name(0)}" if str(args.device).startswith("cuda")

@@ -12,7 +12,7 @@ from typing import Any, Iterator, Optional, Sequence
 
 import torch
 
-from llada.tokenization import apply_chat_template, special_token_ids
+from llada.tokenization import apply_chat_template, decode_answer, special_token_ids
 
 from .rendering import DenoisingView, render_html
 
@@ -120,13 +120,7 @@ class ChatEngine(StreamingEngine):
 
     # ---------------------------------------------------------------- text pieces
     def answer_text(self, generated: Sequence[int]) -> str:
-        stops = {self.ids.eos} | ({self.ids.eot} if self.ids.eot is not None else set())
-        kept = []
-        for t in generated:
-            if t in stops:
-                break
-            kept.append(int(t))
-        return self.tokenizer.decode(kept, skip_special_tokens=True).strip()
+        return decode_answer(self.tokenizer, generated, self.ids).strip()
 
     # ---------------------------------------------------------------- streaming
     def prompt_ids(self, messages: list[dict]) -> list[int]:

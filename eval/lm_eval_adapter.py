@@ -56,7 +56,7 @@ from lm_eval.api.registry import register_model
 
 import llada  # noqa: F401  (registers the model type with transformers)
 from llada.likelihood import LikelihoodConfig, greedy_unmasking_matches, log_likelihood_batch
-from llada.tokenization import chat_template_of, special_token_ids
+from llada.tokenization import chat_template_of, decode_answer, special_token_ids
 
 logger = logging.getLogger(__name__)
 
@@ -373,11 +373,7 @@ class LLaDAEvalModel(TemplateLM):
 
     def postprocess_generation(self, generated: list[int], until: list[str]) -> str:
         """Cut at the first EOS / EoT token, decode, then cut at the first stop string."""
-        stops = {self.special.eos}
-        if self.special.eot is not None:
-            stops.add(self.special.eot)
-        cut = next((k for k, t in enumerate(generated) if t in stops), len(generated))
-        text = self.tok_decode(generated[:cut], skip_special_tokens=True)
+        text = decode_answer(self.tokenizer, generated, self.special)
         for stop in until:
             if stop and stop in text:
                 text = text[: text.index(stop)]

@@ -160,6 +160,16 @@ def encode_chat_batch(
     return left_pad([apply_chat_template(tokenizer, c) for c in conversations], pad_id, device=device)
 
 
+def decode_answer(tokenizer: Any, generated: Sequence[int], ids: SpecialTokenIds) -> str:
+    """The answer text of generated ids: decoded up to the first EOS or `<|eot_id|>`, special tokens skipped.
+
+    Not stripped of surrounding whitespace (callers that compare answers strip; lm-eval's stop strings must not)."""
+    stops = {ids.eos} | ({ids.eot} if ids.eot is not None else set())
+    tokens = [int(t) for t in generated]
+    cut = next((k for k, t in enumerate(tokens) if t in stops), len(tokens))
+    return tokenizer.decode(tokens[:cut], skip_special_tokens=True)
+
+
 def strip_eos_padding(answer_ids: Sequence[int], eos_id: int) -> list[int]:
     """Drop the trailing EOS padding of a generated answer (the `<|eot_id|>` before it is kept)."""
     ids = list(answer_ids)

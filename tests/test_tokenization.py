@@ -11,6 +11,7 @@ from llada.tokenization import (
     SPECIAL_TOKENS,
     SpecialTokenIds,
     apply_chat_template,
+    decode_answer,
     encode_chat_batch,
     left_pad,
     next_turn_prompt,
@@ -97,3 +98,14 @@ def test_bad_messages(tok):
         apply_chat_template(tok, [])
     with pytest.raises(ValueError, match="message 0"):
         apply_chat_template(tok, [{"content": "x"}])
+
+
+def test_decode_answer_cuts_at_the_first_eos_or_eot(tok):
+    ids = special_token_ids(tok)
+    body = tok.encode(" what is 2", add_special_tokens=False)
+    assert decode_answer(tok, body + [ids.eot] + body + [ids.eos], ids) == " what is 2"
+    assert decode_answer(tok, body + [ids.eos, ids.eos], ids) == " what is 2"
+    assert decode_answer(tok, torch.tensor(body), ids) == " what is 2"  # tensors too; nothing to cut
+    assert decode_answer(tok, [ids.eos] + body, ids) == ""
+    no_eot = SpecialTokenIds(mask=ids.mask, eos=ids.eos, pad=ids.pad)
+    assert decode_answer(tok, body + [ids.eos], no_eot) == " what is 2"
