@@ -93,9 +93,9 @@ def _param(model: torch.nn.Module, name: str) -> torch.nn.Parameter:
 
 def measure_pair(policy, reference, pair, setting: VarianceSetting, repeats: int, *, beta: float,
                  generator: torch.Generator, with_grad: bool = True, grad_param: str = GRAD_PROXY,
-                 return_scores: bool = False, grad_repeats: Optional[int] = None):
-    """(Var(score), Var(loss), Var(grad) or None, mean score) of one pair over `repeats` re-draws
-    (and the `repeats` scores themselves with return_scores=True). Var(grad) uses the first `grad_repeats`
+                 grad_repeats: Optional[int] = None):
+    """(Var(score), Var(loss), Var(grad) or None, mean score, the `repeats` scores) of one pair over `repeats`
+    re-draws. Var(grad) uses the first `grad_repeats`
     repeats (default all): one backward pass each, the slow part of the table."""
     if repeats < 2:
         raise ValueError(f"repeats must be >= 2 to estimate a variance, got {repeats}")
@@ -124,8 +124,7 @@ def measure_pair(policy, reference, pair, setting: VarianceSetting, repeats: int
             (g,) = torch.autograd.grad(F.softplus(-s), param)
             grads.append(g.detach().flatten().to(torch.float64))
         var_grad = float(torch.stack(grads).var(dim=0).sum())
-    out = (float(scores.var()), float(losses.var()), var_grad, float(scores.mean()))
-    return out + (scores.detach().cpu(),) if return_scores else out
+    return float(scores.var()), float(losses.var()), var_grad, float(scores.mean()), scores.detach().cpu()
 
 
 def bootstrap_se(scores: Sequence[torch.Tensor], *, resamples: int = 1000, seed: int = 0) -> float:
@@ -162,11 +161,12 @@ class ElboComponents:
 
 def elbo_components(masks: torch.Tensor, values: torch.Tensor) -> ElboComponents:
     """`ElboComponents` of per-mask values f(S) (e.g. from `llada.likelihood.exact_mask_values`)."""
+    from llada.likelihood import mask_size_moments
+
     L = masks.shape[1]
-    size = masks.sum(dim=1)
-    v = values.to(torch.float64) * (L / size.to(torch.float64))
-    cond_mean = torch.stack([v[size == l].mean() for l in range(1, L + 1)])
-    cond_var = torch.stack([v[size == l].var(unbiased=False) for l in range(1, L + 1)])
+    mu, s2 = mask_size_moments(masks, values)
+    w = L / torch.arange(1, L + 1, dtype=torch.float64)  # the ELBO weight L / l of a size-l mask
+    cond_mean, cond_var = w * mu[1:], w ** 2 * s2[1:]
     return ElboComponents(float(cond_mean.mean()), float(cond_mean.var(unbiased=False)), float(cond_var.mean()))
 
 
@@ -224,8 +224,7 @@ def measure_variance(policy, reference, pairs: Sequence, settings: Sequence[Vari
         acc = []
         for pair in tqdm(pairs, desc=setting.label, disable=not progress):
             acc.append(measure_pair(policy, reference, pair, setting, repeats, beta=beta, generator=g,
-                                    with_grad=with_grad, grad_param=grad_param, return_scores=True,
-                                    grad_repeats=grad_repeats))
+                                    with_grad=with_grad, grad_param=grad_param, grad_repeats=grad_repeats))
         cols = list(zip(*acc))
         rows.append(VarianceRow(
             setting=setting, var_score=sum(cols[0]) / len(acc), var_loss=sum(cols[1]) / len(acc),

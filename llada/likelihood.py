@@ -536,6 +536,20 @@ def exact_mask_values(
     return masks, f
 
 
+def mask_size_moments(masks: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and (population) variance of per-mask values over the masks of each size l, as float64 tensors
+    (L + 1,) indexed by l (entry 0 unused, 0). `masks` and `values` as returned by `exact_mask_values`."""
+    L = masks.shape[1]
+    size = masks.sum(dim=1)
+    v = values.to(torch.float64)
+    mu = torch.zeros(L + 1, dtype=torch.float64)
+    s2 = torch.zeros(L + 1, dtype=torch.float64)
+    for l in range(1, L + 1):
+        vals = v[size == l]
+        mu[l], s2[l] = vals.mean(), vals.var(unbiased=False)
+    return mu, s2
+
+
 @torch.no_grad()
 def exact_minibatch_variance(
     model: torch.nn.Module,
@@ -561,12 +575,7 @@ def exact_minibatch_variance(
     masks, f = exact_mask_values(model, prompt_ids, answer_ids, cfg_scale=cfg_scale, mask_token_id=mask_token_id,
                                  rows_per_forward=max(b, 64))
     L = masks.shape[1]
-    size = masks.sum(dim=1)
-    mu = torch.zeros(L + 1, dtype=torch.float64)
-    s2 = torch.zeros(L + 1, dtype=torch.float64)
-    for l in range(1, L + 1):
-        vals = f[size == l]
-        mu[l], s2[l] = vals.mean(), vals.var(unbiased=False)
+    mu, s2 = mask_size_moments(masks, f)
     cond_mean, cond_var = [], []
     for k in range(1, L + 1):
         lj = stratified_num_masked(L, b, offset=k)
@@ -838,6 +847,7 @@ __all__ = [
     "exact_minibatch_variance",
     "log_likelihood",
     "log_likelihood_batch",
+    "mask_size_moments",
     "score_draws",
     "score_draws_batch",
     "standard_error_upper_bound",
